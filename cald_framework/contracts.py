@@ -1,0 +1,304 @@
+"""The contracts between the host and its plugins.
+
+Every plugin kind registers one of the ``*Plugin`` records below through its registration hook
+(see :mod:`cald_framework.hookspecs`). The host only ever talks to plugins through these records,
+which is what keeps ``cald_framework/`` free of any concrete model family or mixer.
+
+Conventions shared by every contract:
+
+* ``padding_mask`` / ``hidden_mask`` are ``bool`` tensors of shape ``[batch, time]``, ``True`` at
+  valid positions. Valid positions always form a prefix (right padding).
+* Hidden states are ``[batch, time, width]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class PluginOptions(BaseModel):
+    """Base class for every plugin's option model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(PluginOptions):
+    """Option model for plugins that take no options."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence mixers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionProjections:
+    """The teacher attention's projections in a family-neutral layout, for mixers that reuse them.
+
+    Each entry is an ``nn.Linear`` of the hidden width (query/key/value split out of fused
+    layouts by the source plugin). ``output`` is ``None`` where the source keeps the output
+    projection outside the replaced module (as BERT does).
+    """
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    output: nn.Linear | None = None
+
+
+@dataclass
+class MixerContext:
+    """What a mixer needs to know about the attention slot it fills."""
+
+    d_model: int
+    num_heads: int
+    layer_index: int
+    num_layers: int
+    #: longest sequence the student must handle (Linformer sizes its projections with it)
+    max_length: int
+    #: ``True`` when the source model is autoregressive
+    causal: bool
+    #: a module owned by the student model where mixers keep parameters shared across layers
+    #: (e.g. Linformer's ``share = "layer"``): the first layer creates them, later layers reuse them
+    shared: nn.ModuleDict
+    #: the replaced attention's projections, or ``None`` when building from a saved config
+    projections: AttentionProjections | None = None
+
+
+@runtime_checkable
+class SequenceMixer(Protocol):
+    """A module that replaces attention: ``[B, T, D]`` in, ``[B, T, D]`` out.
+
+    ``padding_mask`` may be ``None`` (no padding). Padded positions may hold anything in the
+    output but must never influence valid positions.
+    """
+
+    def __call__(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class RecurrentMixer(Protocol):
+    """A causal mixer that can also run one step at a time with a constant-size state."""
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any: ...
+
+    def step(self, hidden_state: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """``hidden_state`` is ``[B, D]``; returns the output ``[B, D]`` and the new state."""
+        ...
+
+
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Parameter names (relative to ``module``) that a mixer tagged ``_no_weight_decay = True``."""
+    return {
+        name
+        for name, param in module.named_parameters()
+        if getattr(param, "_no_weight_decay", False)
+    }
+
+
+@dataclass(frozen=True)
+class MixerPlugin:
+    """A registered sequence mixer."""
+
+    name: str
+    options: type[PluginOptions]
+    build: Callable[[PluginOptions, MixerContext], nn.Module]
+    #: ``"causal"`` mixers fit any source; ``"bidirectional"`` ones only non-causal sources
+    direction: Literal["causal", "bidirectional"]
+    description: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks and model heads
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What kind of output the task needs from the model.
+
+    ``causal_lm`` asks the source for its language-model head (logits over the vocabulary);
+    the other kinds get the bare backbone and the task's own head on top.
+    """
+
+    kind: Literal["classification", "token_classification", "causal_lm"]
+    num_labels: int = 0
+
+
+@dataclass
+class CaldOutput:
+    """What every model (teacher or student) returns."""
+
+    #: ``[B, C]`` for sequence-level tasks, ``[B, T, C]`` for token/frame-level ones
+    logits: torch.Tensor
+    #: ``(embeddings, after layer 1, ..., after layer L)``, each ``[B, T, D]``
+    hidden_states: tuple[torch.Tensor, ...]
+    #: ``[B, T]`` valid positions of the hidden states (frames for audio)
+    hidden_mask: torch.Tensor
+
+
+@dataclass
+class TaskData:
+    """The datasets and batching that a task builds from the spec."""
+
+    train: Any
+    eval: Any
+    #: turns a list of rows into a batch: ``{"inputs": {model kwargs}, "labels": ..., ...}``
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    head: HeadSpec
+    #: per-row lengths of ``train`` for length-grouped batching, or ``None``
+    train_lengths: list[int] | None = None
+    #: anything the task wants to save with the model (label names, CTC vocabulary)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class MetricAccumulator(ABC):
+    """Collects predictions batch by batch during evaluation."""
+
+    @abstractmethod
+    def update(self, output: CaldOutput, batch: Mapping[str, Any]) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(ABC):
+    """A task: data pipeline, head, loss and metrics."""
+
+    #: the metric used for best-checkpoint selection unless the spec names another
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    #: what the source plugin must be able to handle
+    modality: ClassVar[Literal["text", "audio"]]
+
+    def __init__(self, options: PluginOptions):
+        self.options = options
+
+    @abstractmethod
+    def build_data(self, preprocessor: Any, seed: int) -> TaskData:
+        """Load and preprocess the data; ``preprocessor`` is the source's tokenizer/feature extractor."""
+
+    @abstractmethod
+    def build_head(self, head: HeadSpec, d_model: int) -> nn.Module | None:
+        """The module mapping ``(hidden [B,T,D], mask [B,T])`` to logits, or ``None`` for ``causal_lm``."""
+
+    @abstractmethod
+    def loss(self, output: CaldOutput, batch: Mapping[str, Any]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def kd_logits(
+        self, output: CaldOutput, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for knowledge distillation and the ``[B, T]`` mask of positions that count."""
+
+    @abstractmethod
+    def metrics(self) -> MetricAccumulator: ...
+
+
+@dataclass(frozen=True)
+class TaskPlugin:
+    """A registered task."""
+
+    name: str
+    options: type[PluginOptions]
+    build: Callable[[PluginOptions], Task]
+    modality: Literal["text", "audio"]
+    description: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Source model families
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionSlot:
+    """Where one attention module lives: ``getattr(parent, attribute)`` is the module."""
+
+    layer_index: int
+    parent: nn.Module
+    attribute: str
+
+
+class SourceFamily(ABC):
+    """Knows one model family: loading, where attention lives and how to swap it for a mixer."""
+
+    #: ``True`` for autoregressive families (only causal mixers fit)
+    causal: ClassVar[bool]
+    modality: ClassVar[Literal["text", "audio"]]
+
+    @abstractmethod
+    def load_backbone(self, model: str, head: HeadSpec) -> nn.Module:
+        """Load pretrained weights from a hub id or a local directory."""
+
+    @abstractmethod
+    def backbone_from_config(self, config: Mapping[str, Any], head: HeadSpec) -> nn.Module:
+        """Build a randomly initialised backbone from a config dict (for tests and reloading)."""
+
+    @abstractmethod
+    def load_preprocessor(self, model: str) -> Any:
+        """The tokenizer or feature extractor that goes with ``model``."""
+
+
+@dataclass(frozen=True)
+class SourcePlugin:
+    """A registered source model family."""
+
+    name: str
+    family: Callable[[], SourceFamily]
+    causal: bool
+    modality: Literal["text", "audio"]
+    description: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Hidden-state extractors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractedStates:
+    """The hidden states that layerwise distillation compares, already normalised."""
+
+    layers: list[torch.Tensor]
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExtractorPlugin:
+    """A registered hidden-state extractor: picks and normalises the distilled layers."""
+
+    name: str
+    options: type[PluginOptions]
+    build: Callable[[PluginOptions], Callable[[CaldOutput], ExtractedStates]]
+    description: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Guidance schedules
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuidancePlugin:
+    """A registered guidance schedule (see :mod:`cald_framework.engine.guidance`)."""
+
+    name: str
+    options: type[PluginOptions]
+    build: Callable[..., Any]
+    #: the schedule needs the fine-tuned target teacher
+    needs_target_teacher: bool = False
+    #: the schedule needs the waypoints of the teacher's fine-tuning run
+    needs_waypoints: bool = False
+    #: whose weights the student starts from unless the spec says otherwise
+    default_init: Literal["source", "target"] = "target"
+    description: str = ""
