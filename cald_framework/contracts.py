@@ -16,11 +16,34 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from torch import nn
+
+
+#: prefix of a value that names an entry of the spec's ``[assets]`` table (resolved at run time)
+ASSET_PREFIX = "asset:"
+
+
+def _is_local_reference(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).suffix != ""
+
+
+def _check_location(value: str) -> str:
+    """Local paths must exist; hub ids and asset references are checked when they are used."""
+    if value.startswith(ASSET_PREFIX) or not _is_local_reference(value):
+        return value
+    if not Path(value).expanduser().exists():
+        raise ValueError(f"no such file or directory: {value}")
+    return value
+
+
+#: A local file or directory (must exist), an ``asset:NAME[/sub/path]`` reference, or a hub id.
+#: Relative paths are relative to the working directory.
+Location = Annotated[str, AfterValidator(_check_location)]
 
 
 class PluginOptions(BaseModel):
@@ -127,7 +150,9 @@ class HeadSpec:
     """What kind of output the task needs from the model.
 
     ``causal_lm`` asks the source for its language-model head (logits over the vocabulary);
-    the other kinds get the bare backbone and the task's own head on top.
+    ``classification`` puts a linear layer after mean pooling over valid positions on the bare
+    backbone; ``token_classification`` a linear layer at every position (CTC). The host builds
+    these heads from this record alone, so a saved model reloads without its task.
     """
 
     kind: Literal["classification", "token_classification", "causal_lm"]
@@ -186,10 +211,6 @@ class Task(ABC):
     @abstractmethod
     def build_data(self, preprocessor: Any, seed: int) -> TaskData:
         """Load and preprocess the data; ``preprocessor`` is the source's tokenizer/feature extractor."""
-
-    @abstractmethod
-    def build_head(self, head: HeadSpec, d_model: int) -> nn.Module | None:
-        """The module mapping ``(hidden [B,T,D], mask [B,T])`` to logits, or ``None`` for ``causal_lm``."""
 
     @abstractmethod
     def loss(self, output: CaldOutput, batch: Mapping[str, Any]) -> torch.Tensor: ...

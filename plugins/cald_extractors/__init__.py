@@ -1,0 +1,1 @@
+"""Built-in hidden-state extractors for layerwise distillation."""

@@ -1,0 +1,1 @@
+"""Built-in guidance schedules: unguided, target, trajectory, waypoint and hybrid."""

@@ -1,0 +1,1 @@
+"""Built-in tasks: text/audio classification, CTC speech recognition, intent, speaker ID, language modelling."""
