@@ -28,8 +28,14 @@ from torch import nn
 ASSET_PREFIX = "asset:"
 
 
+_FILE_SUFFIXES = {
+    ".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt", ".bz2", ".gz", ".xz", ".zip",
+    ".gguf", ".safetensors", ".wav", ".flac", ".toml",
+}
+
+
 def _is_local_reference(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or Path(value).suffix != ""
+    return value.startswith((".", "/", "~")) or Path(value).suffix.lower() in _FILE_SUFFIXES
 
 
 def _check_location(value: str) -> str:
