@@ -14,7 +14,7 @@ Conventions shared by every contract:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -256,8 +256,39 @@ class AttentionSlot:
     attribute: str
 
 
+class PaddingState:
+    """The padding mask of the forward pass in progress, shared by a model and its mixer wrappers.
+
+    The host sets it before each forward and the wrappers that a source family installs read it,
+    so mixers receive a plain ``[B, T]`` mask instead of decoding each library's attention-mask
+    format. The mask stays set after the forward, so activation checkpointing can recompute.
+    """
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+    def set(self, mask: torch.Tensor) -> None:
+        """Record ``mask`` (``[B, T]`` bool); an all-valid mask is stored as ``None``."""
+        self.mask = None if bool(mask.all()) else mask
+
+    def for_states(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """The mask for ``hidden_states`` ``[B, T, D]``; refuses a mask left from another batch."""
+        if self.mask is not None and self.mask.shape != hidden_states.shape[:2]:
+            raise RuntimeError(
+                f"padding mask {tuple(self.mask.shape)} does not match hidden states "
+                f"{tuple(hidden_states.shape)}: the model was called without setting its mask"
+            )
+        return self.mask
+
+
 class SourceFamily(ABC):
-    """Knows one model family: loading, where attention lives and how to swap it for a mixer."""
+    """Knows one model family: loading, where attention lives and how to swap it for a mixer.
+
+    The host never looks inside a backbone: it asks the family for the layers (whose outputs
+    are the residual stream it distils), the attention slots and their projections, and lets
+    the family run the backbone and wire mixers in, so library-specific call signatures, masks
+    and return tuples stay inside the plugin.
+    """
 
     #: ``True`` for autoregressive families (only causal mixers fit)
     causal: ClassVar[bool]
@@ -272,8 +303,58 @@ class SourceFamily(ABC):
         """Build a randomly initialised backbone from a config dict (for tests and reloading)."""
 
     @abstractmethod
+    def backbone_config(self, backbone: nn.Module) -> dict[str, Any]:
+        """A JSON-ready config from which :meth:`backbone_from_config` rebuilds ``backbone``."""
+
+    @abstractmethod
     def load_preprocessor(self, model: str) -> Any:
         """The tokenizer or feature extractor that goes with ``model``."""
+
+    @abstractmethod
+    def layers(self, backbone: nn.Module) -> Sequence[nn.Module]:
+        """The ``L`` blocks in order; each one's output is the residual stream after its FFN.
+
+        The input of the first block is the embedding output. Outputs are tensors or tuples
+        whose first item is the hidden state.
+        """
+
+    @abstractmethod
+    def dimensions(self, backbone: nn.Module) -> tuple[int, int]:
+        """``(d_model, num_heads)`` of the attention that mixers replace."""
+
+    @abstractmethod
+    def attention_slots(self, backbone: nn.Module) -> list[AttentionSlot]:
+        """The attention modules that mixers replace, one per layer, in layer order."""
+
+    @abstractmethod
+    def projections(self, slot: AttentionSlot) -> AttentionProjections:
+        """The attention's query/key/value (and output) projections, split to the hidden width."""
+
+    @abstractmethod
+    def wire_mixer(
+        self, backbone: nn.Module, slot: AttentionSlot, mixer: nn.Module, padding: PaddingState
+    ) -> None:
+        """Put ``mixer`` in ``slot``: it gets ``(hidden_states, padding.for_states(...))``.
+
+        The family adapts the library's call signature and return tuple, and may switch off
+        attention-mask construction that no remaining module uses.
+        """
+
+    @abstractmethod
+    def hidden_mask(
+        self, backbone: nn.Module, inputs: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``[B, T]`` bool: the valid positions of the hidden states (frames for audio)."""
+
+    @abstractmethod
+    def run(
+        self, backbone: nn.Module, inputs: Mapping[str, torch.Tensor], head: HeadSpec
+    ) -> torch.Tensor:
+        """Run the backbone on the model inputs.
+
+        Returns the LM logits ``[B, T, V]`` for a ``causal_lm`` head, else the final features
+        ``[B, T, D]`` (after any final norm) that the host's head reads.
+        """
 
 
 @dataclass(frozen=True)
