@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing and installs what it needs, torch first.
+# GPU users pick their own torch build, e.g.:  make demo TORCH_SPEC="torch==2.13.0" EXTRAS="demo,cuda"
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= test
+SPEC       ?= specs/quickstart.toml
+
+PY  := $(VENV)/bin/python
+PIP := $(PY) -m pip
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install test demo bench system-deps clean
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml examples/cald-retnet-mixer/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	$(PIP) install -q -e examples/cald-retnet-mixer
+	touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+# espeak-ng and sox synthesise the spoken-command data set (speech specs and tests).
+system-deps:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; }
+
+test: install system-deps
+	$(OFFLINE) $(PY) -m pytest
+
+demo: install
+	$(OFFLINE) $(PY) -m cald_framework run $(SPEC)
+
+bench: install
+	$(OFFLINE) $(PY) benchmarks/bench_mixers.py
+	$(OFFLINE) $(PY) benchmarks/bench_guidance_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
