@@ -1,0 +1,301 @@
+"""CaldModel: a source backbone, a host head and (for students) mixers in place of attention.
+
+Teachers and students are the same class: a student is a teacher whose config names a mixer.
+Everything needed to rebuild a model lives in its :class:`CaldConfig` (source family, backbone
+config, head, mixer and options), so :meth:`CaldModel.from_pretrained` rebuilds it through the
+plugin registries and then loads the weights from safetensors (never from a pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .contracts import (
+    CaldOutput,
+    HeadSpec,
+    MixerContext,
+    MixerPlugin,
+    PaddingState,
+    PluginOptions,
+    SourcePlugin,
+)
+from .errors import CheckpointError, PluginError
+from .heads import build_head
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CaldConfig(PretrainedConfig):
+    """What rebuilds a :class:`CaldModel`: source family and its config, head, mixer, task data."""
+
+    model_type = "cald"
+
+    def __init__(
+        self,
+        source: str = "",
+        source_config: dict[str, Any] | None = None,
+        head: dict[str, Any] | None = None,
+        mixer: str | None = None,
+        mixer_options: dict[str, Any] | None = None,
+        max_length: int | None = None,
+        task_metadata: dict[str, Any] | None = None,
+        source_model: str | None = None,
+        **kwargs: Any,
+    ):
+        #: registered name of the source family
+        self.source = source
+        #: the backbone's own config, as the family's ``backbone_config`` wrote it
+        self.source_config = dict(source_config or {})
+        #: a :class:`HeadSpec` as a dict
+        self.head = dict(head or {"kind": "classification", "num_labels": 0})
+        #: registered name of the mixer, or ``None`` for a model that still has attention
+        self.mixer = mixer
+        self.mixer_options = dict(mixer_options or {})
+        #: the longest sequence the student must handle (sizes e.g. Linformer projections)
+        self.max_length = max_length
+        #: anything the task saves with the model (label names, CTC vocabulary)
+        self.task_metadata = dict(task_metadata or {})
+        #: where the pretrained weights came from (hub id or directory), for provenance
+        self.source_model = source_model
+        super().__init__(**kwargs)
+
+    @property
+    def head_spec(self) -> HeadSpec:
+        return HeadSpec(**self.head)
+
+
+def _registries() -> Any:
+    from .plugin_manager import load_registries
+
+    return load_registries()
+
+
+def _keep_input(
+    states: dict[int, torch.Tensor], module: nn.Module, args: tuple, kwargs: dict
+) -> None:
+    states[0] = args[0] if args else kwargs["hidden_states"]
+
+
+def _keep_output(
+    states: dict[int, torch.Tensor], index: int, module: nn.Module, args: tuple, output: Any
+) -> None:
+    states[index] = output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the input of the first layer and the output of every layer during one forward.
+
+    Hooks see the residual stream itself, before any final norm, whatever the library returns
+    with ``output_hidden_states``; they are removed at once, so a recomputation during
+    activation checkpointing records nothing.
+    """
+    states: dict[int, torch.Tensor] = {}
+    first = layers[0].register_forward_pre_hook(partial(_keep_input, states), with_kwargs=True)
+    handles = [first]
+    handles += [
+        layer.register_forward_hook(partial(_keep_output, states, index))
+        for index, layer in enumerate(layers, start=1)
+    ]
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def mixer_options(
+    plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any]
+) -> PluginOptions:
+    """``options`` as the mixer's own option model (a mapping is validated against it)."""
+    if isinstance(options, plugin.options):
+        return options
+    if isinstance(options, PluginOptions):
+        raise PluginError(
+            f"mixer {plugin.name!r} takes {plugin.options.__name__} options, "
+            f"got {type(options).__name__}"
+        )
+    return plugin.options.model_validate(dict(options))
+
+
+class CaldModel(PreTrainedModel):
+    """Backbone from a source plugin + host head + optional mixers; returns :class:`CaldOutput`.
+
+    ``source`` and ``mixer`` plugins may be passed explicitly (tests, unregistered plugins);
+    otherwise they are looked up by the names in the config.
+    """
+
+    config_class = CaldConfig
+    base_model_prefix = "cald"
+    supports_gradient_checkpointing = True
+
+    def __init__(
+        self,
+        config: CaldConfig,
+        *,
+        source: SourcePlugin | None = None,
+        mixer: MixerPlugin | None = None,
+        backbone: nn.Module | None = None,
+    ):
+        super().__init__(config)
+        self.family = (source or _registries().sources.get(config.source)).family()
+        self.head_spec = config.head_spec
+        if backbone is None:
+            backbone = self.family.backbone_from_config(config.source_config, self.head_spec)
+        self.backbone = backbone
+        self.head = build_head(self.head_spec, self.family.dimensions(backbone)[0])
+        #: parameters that mixers share across layers (``MixerContext.shared``)
+        self.shared = nn.ModuleDict()
+        self.padding_state = PaddingState()
+        self.post_init()
+        if config.mixer is not None:
+            plugin = mixer or _registries().mixers.get(config.mixer)
+            self.install_mixers(plugin, config.mixer_options, with_projections=False)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Nothing to do: backbones initialise themselves, heads keep PyTorch's default init."""
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_source(
+        cls,
+        source_name: str,
+        model: str,
+        head: HeadSpec,
+        *,
+        max_length: int | None = None,
+        task_metadata: Mapping[str, Any] | None = None,
+        source: SourcePlugin | None = None,
+    ) -> CaldModel:
+        """A teacher with pretrained weights from ``model`` (hub id, directory or GGUF file)."""
+        plugin = source or _registries().sources.get(source_name)
+        family = plugin.family()
+        backbone = family.load_backbone(model, head)
+        config = CaldConfig(
+            source=source_name,
+            source_config=family.backbone_config(backbone),
+            head=dataclasses.asdict(head),
+            max_length=max_length,
+            task_metadata=dict(task_metadata or {}),
+            source_model=model,
+        )
+        return cls(config, source=plugin, backbone=backbone)
+
+    @classmethod
+    def from_source_config(
+        cls,
+        source_name: str,
+        source_config: Mapping[str, Any],
+        head: HeadSpec,
+        *,
+        max_length: int | None = None,
+        source: SourcePlugin | None = None,
+    ) -> CaldModel:
+        """A randomly initialised teacher from a backbone config dict (tests, tiny models)."""
+        config = CaldConfig(
+            source=source_name,
+            source_config=dict(source_config),
+            head=dataclasses.asdict(head),
+            max_length=max_length,
+        )
+        return cls(config, source=source)
+
+    def install_mixers(
+        self,
+        plugin: MixerPlugin,
+        options: PluginOptions | Mapping[str, Any],
+        *,
+        with_projections: bool,
+    ) -> None:
+        """Replace every attention slot with a mixer from ``plugin`` and record it in the config.
+
+        ``with_projections`` hands each mixer the projections of the attention it replaces (a
+        conversion); without them the mixers are built bare, for weights loaded afterwards.
+        """
+        if plugin.direction == "bidirectional" and self.family.causal:
+            raise PluginError(
+                f"mixer {plugin.name!r} is bidirectional and cannot replace attention in the "
+                f"causal source {self.config.source!r}"
+            )
+        validated = mixer_options(plugin, options)
+        d_model, num_heads = self.family.dimensions(self.backbone)
+        slots = self.family.attention_slots(self.backbone)
+        reference = next(self.backbone.parameters())
+        with torch.no_grad():
+            for slot in slots:
+                context = MixerContext(
+                    d_model=d_model,
+                    num_heads=num_heads,
+                    layer_index=slot.layer_index,
+                    num_layers=len(slots),
+                    max_length=self.config.max_length or 0,
+                    causal=self.family.causal,
+                    shared=self.shared,
+                    projections=self.family.projections(slot) if with_projections else None,
+                )
+                mixer = plugin.build(validated, context)
+                mixer.to(device=reference.device, dtype=reference.dtype)
+                self.family.wire_mixer(self.backbone, slot, mixer, self.padding_state)
+            self.shared.to(device=reference.device, dtype=reference.dtype)
+        self.config.mixer = plugin.name
+        self.config.mixer_options = validated.model_dump(mode="json")
+
+    # ----------------------------------------------------------------- running
+
+    def forward(self, **inputs: torch.Tensor) -> CaldOutput:
+        """Run on model inputs (``input_ids``/``input_values`` and ``attention_mask``)."""
+        mask = self.family.hidden_mask(self.backbone, inputs)
+        self.padding_state.set(mask)
+        layers = self.family.layers(self.backbone)
+        with _recording(layers) as states:
+            features = self.family.run(self.backbone, inputs, self.head_spec)
+        missing = [index for index in range(len(layers) + 1) if index not in states]
+        if missing:
+            raise RuntimeError(f"no hidden state recorded for layers {missing}: were they skipped?")
+        logits = features if self.head is None else self.head(features, mask)
+        hidden_states = tuple(states[index] for index in range(len(layers) + 1))
+        return CaldOutput(logits=logits, hidden_states=hidden_states, hidden_mask=mask)
+
+    # ----------------------------------------------------------------- saving and loading
+
+    def save_pretrained(self, save_directory: str | Path) -> None:  # type: ignore[override]
+        """Write ``config.json`` and ``model.safetensors`` (tied tensors are stored once)."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(directory)
+        save_model(self, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        directory: str | Path,
+        *,
+        source: SourcePlugin | None = None,
+        mixer: MixerPlugin | None = None,
+    ) -> CaldModel:
+        """Rebuild a saved model through the plugins and load its weights; returns eval mode."""
+        path = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path} is not a saved CaldModel: {name} is missing")
+        config = CaldConfig.from_pretrained(path)
+        model = cls(config, source=source, mixer=mixer)
+        try:
+            load_model(model, path / WEIGHTS_NAME, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{path / WEIGHTS_NAME} does not match its config: {str(error).splitlines()[0]}"
+            ) from error
+        return model.eval()

@@ -1,0 +1,219 @@
+"""What every transformers-based family shares: loading, layout lookup, inputs, running, wiring.
+
+A family subclass names where its layers and attention live (``layers_path`` under the base
+model, ``attention_path`` under each layer) and how to read its projections; the lookups check
+the layout, so a checkpoint that only looks like the family fails with the missing path named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+)
+
+from cald_framework.contracts import AttentionSlot, HeadSpec, PaddingState, SourceFamily
+from cald_framework.errors import CaldError, CheckpointError
+
+from .wiring import NO_ATTENTION, MixerSlot
+
+#: the attention implementation teachers are loaded with (exact, and fast on CPU and GPU)
+TEACHER_ATTENTION = "sdpa"
+
+
+def locate(model: str) -> tuple[str, dict[str, str]]:
+    """Split a model reference into a ``from_pretrained`` location and extra arguments.
+
+    A GGUF checkpoint is named ``dir::file.gguf`` (``dir`` a local directory or hub id) or by
+    the path of the ``.gguf`` file itself.
+    """
+    if "::" in model:
+        location, gguf_file = model.split("::", 1)
+        return location, {"gguf_file": gguf_file}
+    if model.lower().endswith(".gguf"):
+        path = Path(model)
+        return str(path.parent), {"gguf_file": path.name}
+    return model, {}
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class TransformersFamily(SourceFamily):
+    """A source family whose backbones are transformers ``PreTrainedModel`` instances."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    #: model keyword arguments; the first one is required
+    input_names: ClassVar[tuple[str, ...]]
+    #: under ``backbone.base_model``: the list of layers
+    layers_path: ClassVar[str]
+    #: under each layer: the attention module that a mixer replaces
+    attention_path: ClassVar[str]
+    preprocessor_class: ClassVar[Any] = AutoTokenizer
+    has_lm_head: ClassVar[bool] = False
+    #: extra keyword arguments for every backbone call
+    forward_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    # ----------------------------------------------------------------- loading and rebuilding
+
+    def load_backbone(self, model: str, head: HeadSpec) -> nn.Module:
+        location, extra = locate(model)
+        model_class = self._model_class(head)
+        try:
+            config = self.prepare_config(AutoConfig.from_pretrained(location, **extra))
+            backbone = model_class.from_pretrained(
+                location,
+                config=config,
+                dtype=torch.float32,
+                attn_implementation=TEACHER_ATTENTION,
+                **extra,
+            )
+        except (OSError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot load {self.name} model {model!r}: {_first_line(error)}"
+            ) from error
+        return self.adopt(backbone)
+
+    def backbone_from_config(self, config: Mapping[str, Any], head: HeadSpec) -> nn.Module:
+        settings = dict(config)
+        model_type = settings.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise CaldError(
+                f"{self.name} backbone config has model_type {model_type!r}, "
+                "which transformers does not know"
+            )
+        hf_config = self.prepare_config(CONFIG_MAPPING[model_type].from_dict(settings))
+        backbone = self._model_class(head).from_config(
+            hf_config, dtype=torch.float32, attn_implementation=TEACHER_ATTENTION
+        )
+        return self.adopt(backbone)
+
+    def backbone_config(self, backbone: nn.Module) -> dict[str, Any]:
+        return backbone.config.to_dict()
+
+    def load_preprocessor(self, model: str) -> Any:
+        location, extra = locate(model)
+        try:
+            return self.preprocessor_class.from_pretrained(location, **extra)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot load the preprocessor of {self.name} model {model!r}: {_first_line(error)}"
+            ) from error
+
+    def prepare_config(self, config: PretrainedConfig) -> PretrainedConfig:
+        """Adjust a config before the backbone is built (e.g. switch off stochastic layers)."""
+        return config
+
+    def adopt(self, backbone: nn.Module) -> nn.Module:
+        """Check the layout of a freshly built backbone; families may also trim it."""
+        self.attention_slots(backbone)
+        return backbone
+
+    def _model_class(self, head: HeadSpec) -> Any:
+        if head.kind != "causal_lm":
+            return AutoModel
+        if not self.has_lm_head:
+            raise CaldError(
+                f"source {self.name!r} has no causal language-model head; "
+                "use a classification or token_classification head"
+            )
+        return AutoModelForCausalLM
+
+    # ----------------------------------------------------------------- layout
+
+    def layers(self, backbone: nn.Module) -> Sequence[nn.Module]:
+        return self._find(backbone.base_model, self.layers_path, backbone)
+
+    def dimensions(self, backbone: nn.Module) -> tuple[int, int]:
+        return backbone.config.hidden_size, backbone.config.num_attention_heads
+
+    def attention_slots(self, backbone: nn.Module) -> list[AttentionSlot]:
+        parent_path, _, attribute = self.attention_path.rpartition(".")
+        slots = []
+        for index, layer in enumerate(self.layers(backbone)):
+            parent = self._find(layer, parent_path, backbone) if parent_path else layer
+            self._find(parent, attribute, backbone)
+            slots.append(AttentionSlot(index, parent, attribute))
+        return slots
+
+    def _find(self, root: nn.Module, path: str, backbone: nn.Module) -> Any:
+        found: Any = root
+        for part in path.split("."):
+            found = getattr(found, part, None)
+            if found is None:
+                raise CaldError(
+                    f"{type(backbone).__name__} does not have the {self.name} layout: "
+                    f"no '{path}' under {type(root).__name__}"
+                )
+        return found
+
+    # ----------------------------------------------------------------- running
+
+    def model_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inputs checked against :attr:`input_names`, as keyword arguments."""
+        unknown = sorted(set(inputs) - set(self.input_names))
+        if unknown:
+            raise CaldError(
+                f"{self.name} model got unknown inputs {unknown}; it takes {list(self.input_names)}"
+            )
+        if self.input_names[0] not in inputs:
+            raise CaldError(f"{self.name} model needs the input {self.input_names[0]!r}")
+        return dict(inputs)
+
+    def hidden_mask(self, backbone: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        tokens = self.model_inputs(inputs)[self.input_names[0]]
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if mask.shape != tokens.shape[:2]:
+            raise CaldError(
+                f"{self.name} model: attention_mask {tuple(mask.shape)} does not match "
+                f"{self.input_names[0]} {tuple(tokens.shape)}"
+            )
+        return mask.bool()
+
+    def run(
+        self, backbone: nn.Module, inputs: Mapping[str, torch.Tensor], head: HeadSpec
+    ) -> torch.Tensor:
+        outputs = backbone(**self.model_inputs(inputs), **self.forward_kwargs)
+        return outputs.logits if head.kind == "causal_lm" else outputs.last_hidden_state
+
+    # ----------------------------------------------------------------- wiring
+
+    def attention_outputs(self, backbone: nn.Module) -> int:
+        """How many items the replaced attention module returns (output, weights, ...)."""
+        return 2
+
+    def wire_mixer(
+        self, backbone: nn.Module, slot: AttentionSlot, mixer: nn.Module, padding: PaddingState
+    ) -> None:
+        setattr(
+            slot.parent,
+            slot.attribute,
+            MixerSlot(mixer, padding, self.attention_outputs(backbone)),
+        )
+        backbone.config._attn_implementation = NO_ATTENTION
+
+
+class CausalTextFamily(TransformersFamily):
+    """Decoder-only language models: token inputs, a causal LM head, no key/value cache."""
+
+    causal = True
+    modality = "text"
+    has_lm_head = True
+    input_names = ("input_ids", "attention_mask")
+    forward_kwargs = MappingProxyType({"use_cache": False})
