@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import subprocess
 import wave
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import pytest
 
 from cald_framework.errors import DataError
 from cald_tasks.speech_synth import (
+    ACCENTS,
     INTENTS,
     MANIFEST,
     SLOTS,
     SPLITS,
+    VARIANTS,
     generate,
     main,
     make_phrasings,
@@ -172,3 +175,17 @@ def test_speakers_sound_different(tmp_path):
     same_text = [row for row in rows if row["path"].endswith("_00.wav")]
     audio = [(tmp_path / row["path"]).read_bytes() for row in same_text]
     assert len(same_text) == 2 and audio[0] != audio[1]
+
+
+def espeak_voices(kind: str, column: int) -> set[str]:
+    listing = subprocess.run(
+        ["espeak-ng", f"--voices={kind}"], capture_output=True, text=True, check=True
+    ).stdout
+    return {line.split()[column] for line in listing.splitlines()[1:]}
+
+
+@needs_tools
+def test_every_voice_is_known_to_espeak():
+    """espeak-ng falls back silently on an unknown voice, so check the names here."""
+    assert set(ACCENTS) <= espeak_voices("en", 1)
+    assert {f"!v/{variant}" for variant in VARIANTS} <= espeak_voices("variant", 4)
