@@ -28,10 +28,6 @@ from cald_framework.errors import CaldError, CheckpointError
 
 from .wiring import NO_ATTENTION, MixerSlot
 
-#: the attention implementation teachers are loaded with (exact, and fast on CPU and GPU)
-TEACHER_ATTENTION = "sdpa"
-
-
 def locate(model: str) -> tuple[str, dict[str, str]]:
     """Split a model reference into a ``from_pretrained`` location and extra arguments.
 
@@ -76,11 +72,7 @@ class TransformersFamily(SourceFamily):
         try:
             config = self.prepare_config(AutoConfig.from_pretrained(location, **extra))
             backbone = model_class.from_pretrained(
-                location,
-                config=config,
-                dtype=torch.float32,
-                attn_implementation=TEACHER_ATTENTION,
-                **extra,
+                location, config=config, dtype=torch.float32, **extra
             )
         except (OSError, ValueError) as error:
             raise CheckpointError(
@@ -97,9 +89,7 @@ class TransformersFamily(SourceFamily):
                 "which transformers does not know"
             )
         hf_config = self.prepare_config(CONFIG_MAPPING[model_type].from_dict(settings))
-        backbone = self._model_class(head).from_config(
-            hf_config, dtype=torch.float32, attn_implementation=TEACHER_ATTENTION
-        )
+        backbone = self._model_class(head).from_config(hf_config, dtype=torch.float32)
         return self.adopt(backbone)
 
     def backbone_config(self, backbone: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,199 @@
+"""Shared fixtures: tiny model configs for every built-in source family, and test mixers."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+from torch import nn
+
+from cald_framework.contracts import (
+    HeadSpec,
+    MixerContext,
+    MixerPlugin,
+    NoOptions,
+    PluginOptions,
+    SourcePlugin,
+)
+
+_TEXT = {"vocab_size": 60, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
+_AUDIO = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "conv_dim": (8, 8),
+    "conv_stride": (5, 2),
+    "conv_kernel": (10, 3),
+    "num_conv_pos_embeddings": 4,
+    "num_conv_pos_embedding_groups": 2,
+    "vocab_size": 12,
+}
+
+#: case -> (source family, backbone config, head); every case builds in well under a second
+TINY_MODELS: dict[str, tuple[str, dict[str, Any], HeadSpec]] = {
+    "bert": (
+        "bert",
+        {"model_type": "bert", "num_attention_heads": 2, "max_position_embeddings": 40, **_TEXT},
+        HeadSpec("classification", 3),
+    ),
+    "roberta": (
+        "bert",
+        {"model_type": "roberta", "num_attention_heads": 4, "max_position_embeddings": 40,
+         "pad_token_id": 1, **_TEXT},
+        HeadSpec("classification", 2),
+    ),
+    "gpt-neox": (
+        "gpt-neox",
+        {"model_type": "gpt_neox", "num_attention_heads": 4, "max_position_embeddings": 40,
+         "rotary_pct": 0.5, **_TEXT},
+        HeadSpec("causal_lm"),
+    ),
+    "llama": (
+        "llama",
+        {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2,
+         "max_position_embeddings": 40, "tie_word_embeddings": True, **_TEXT},
+        HeadSpec("causal_lm"),
+    ),
+    "llama-classifier": (
+        "llama",
+        {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 4,
+         "max_position_embeddings": 40, **_TEXT},
+        HeadSpec("classification", 4),
+    ),
+    "wav2vec2": (
+        "wav2vec2", {"model_type": "wav2vec2", **_AUDIO}, HeadSpec("token_classification", 7)
+    ),
+    "wav2vec2-stable": (
+        "wav2vec2",
+        {"model_type": "wav2vec2", "do_stable_layer_norm": True, "feat_extract_norm": "layer",
+         **_AUDIO},
+        HeadSpec("classification", 3),
+    ),
+    "hubert": ("wav2vec2", {"model_type": "hubert", **_AUDIO}, HeadSpec("token_classification", 7)),
+    "wavlm": ("wav2vec2", {"model_type": "wavlm", **_AUDIO}, HeadSpec("classification", 3)),
+}
+
+
+@pytest.fixture(scope="session")
+def source_plugins() -> dict[str, SourcePlugin]:
+    """The built-in source plugins, collected straight from their registration hook."""
+    from cald_sources.plugin import cald_register_source_models
+
+    found: list[SourcePlugin] = []
+    cald_register_source_models(register=found.append)
+    return {plugin.name: plugin for plugin in found}
+
+
+@pytest.fixture
+def make_teacher(source_plugins: dict[str, SourcePlugin]) -> Callable[..., Any]:
+    """``make_teacher(case)``: a float64 teacher in eval mode, seeded."""
+    from cald_framework.modeling import CaldModel
+
+    def make(case: str, seed: int = 0) -> CaldModel:
+        source, config, head = TINY_MODELS[case]
+        torch.manual_seed(seed)
+        model = CaldModel.from_source_config(
+            source, config, head, max_length=40, source=source_plugins[source]
+        )
+        return model.double().eval()
+
+    return make
+
+
+@pytest.fixture
+def make_inputs() -> Callable[..., dict[str, torch.Tensor]]:
+    """``make_inputs(case)``: a right-padded batch of two for the case's modality."""
+
+    def make(case: str, seed: int = 1) -> dict[str, torch.Tensor]:
+        source, config, _ = TINY_MODELS[case]
+        generator = torch.Generator().manual_seed(seed)
+        if source == "wav2vec2":
+            values = torch.randn(2, 400, generator=generator, dtype=torch.float64)
+            mask = torch.ones(2, 400, dtype=torch.long)
+            mask[1, 230:] = 0
+            return {"input_values": values * mask, "attention_mask": mask}
+        ids = torch.randint(3, config["vocab_size"], (2, 9), generator=generator)
+        mask = torch.ones(2, 9, dtype=torch.long)
+        mask[1, 6:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return make
+
+
+class _ExactAttention(nn.Module):
+    """Softmax attention from the teacher's own projections: a student that equals its teacher.
+
+    Built bare (no projections) it has the same parameters, for reloading saved weights.
+    """
+
+    def __init__(self, options: PluginOptions, ctx: MixerContext):
+        super().__init__()
+        width, given = ctx.d_model, ctx.projections
+        self.heads, self.causal = ctx.num_heads, ctx.causal
+        self.query = given.query if given else nn.Linear(width, width)
+        self.key = given.key if given else nn.Linear(width, width)
+        self.value = given.value if given else nn.Linear(width, width)
+        has_output = given is not None and given.output is not None
+        self.output = given.output if has_output else nn.Linear(width, width)
+        if given is not None and not has_output:
+            nn.init.eye_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
+
+    def forward(self, states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, time, width = states.shape
+        query, key, value = (
+            projection(states).view(batch, time, self.heads, -1).transpose(1, 2)
+            for projection in (self.query, self.key, self.value)
+        )
+        scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+        allowed = torch.ones(time, time, dtype=torch.bool, device=states.device)
+        if self.causal:
+            allowed = allowed.tril()
+        if padding_mask is not None:
+            allowed = allowed & padding_mask[:, None, None, :]
+        mixed = scores.masked_fill(~allowed, -math.inf).softmax(-1) @ value
+        return self.output(mixed.transpose(1, 2).reshape(batch, time, width))
+
+
+class _CumulativeMean(nn.Module):
+    """A causal mixer: a projection of the running mean, times a scale shared by all layers.
+
+    It remembers the padding masks and shapes it was called with.
+    """
+
+    def __init__(self, options: PluginOptions, ctx: MixerContext):
+        super().__init__()
+        self.projection = nn.Linear(ctx.d_model, ctx.d_model)
+        if "scale" not in ctx.shared:
+            ctx.shared["scale"] = nn.Linear(1, ctx.d_model, bias=False)
+        self.scale = ctx.shared["scale"]
+        self.calls: list[tuple[tuple[int, ...], torch.Tensor | None]] = []
+
+    def forward(self, states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        self.calls.append((tuple(states.shape), padding_mask))
+        steps = torch.arange(1, states.shape[1] + 1, dtype=states.dtype, device=states.device)
+        running = states.cumsum(1) / steps[:, None]
+        return self.projection(running) * self.scale.weight[:, 0]
+
+
+@pytest.fixture(scope="session")
+def exact_attention_mixer() -> MixerPlugin:
+    return MixerPlugin("exact-attention", NoOptions, _ExactAttention, "causal")
+
+
+@pytest.fixture(scope="session")
+def cumulative_mean_mixer() -> MixerPlugin:
+    return MixerPlugin("cumulative-mean", NoOptions, _CumulativeMean, "causal")
+
+
+@pytest.fixture(scope="session")
+def bidirectional_mixer() -> MixerPlugin:
+    return MixerPlugin("bidirectional-mean", NoOptions, _CumulativeMean, "bidirectional")
