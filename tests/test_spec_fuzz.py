@@ -6,8 +6,6 @@ valid spec must always end in success or in exactly one ``error:`` line with exi
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from hypothesis import strategies as st
 from cald_framework import cli
 from cald_framework.spec import loader
 from cald_framework.spec.toml_source import parse_toml
+from cald_framework.spec.toml_writer import dumps
 
 from .spec_plugins import spec_test_registries
 from .test_spec_errors import BASE
@@ -31,22 +30,6 @@ KEYS = sorted(
     | {"name", "source", "model", "mixer", "kind", "mode", "lr", "k", "T_h", "T_w", "target"}
     | {"mixer_options", "finetune", "seed", "output_dir", "batch_size", "extractor", "dataset"}
 )
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, (int, str)):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-
-
-def toml_document(document: dict[str, Any]) -> str:
-    return "\n".join(f"{json.dumps(key)} = {toml_value(value)}" for key, value in document.items())
 
 
 keys = st.sampled_from(KEYS) | st.text(min_size=1, max_size=8)
@@ -88,7 +71,7 @@ def assert_clean_outcome(workdir: Path, text: str, capsys: pytest.CaptureFixture
 @SETTINGS
 @given(document=st.dictionaries(keys, values, max_size=6))
 def test_random_documents(workdir: Path, capsys: pytest.CaptureFixture[str], document: dict[str, Any]) -> None:
-    assert_clean_outcome(workdir, toml_document(document), capsys)
+    assert_clean_outcome(workdir, dumps(document), capsys)
 
 
 @SETTINGS
@@ -117,7 +100,4 @@ def test_random_values_in_a_valid_spec(workdir: Path, capsys: pytest.CaptureFixt
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = data.draw(values)
-    text = "\n\n".join(
-        f"[{section}]\n" + toml_document(body) for section, body in document.items()
-    )
-    assert_clean_outcome(workdir, text, capsys)
+    assert_clean_outcome(workdir, dumps(document), capsys)

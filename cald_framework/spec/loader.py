@@ -30,6 +30,8 @@ class ValidatedSpec:
 
     spec: Spec
     origin: str
+    #: the parsed document with overrides applied, as validated (written into the run directory)
+    document: dict[str, Any]
     source: SourcePlugin
     mixer: MixerPlugin
     mixer_options: PluginOptions
@@ -247,6 +249,7 @@ def validate_document(
         ValidatedSpec(
             spec=spec,
             origin="",
+            document=document,
             source=source,
             mixer=mixer,
             mixer_options=mixer_options,
