@@ -27,6 +27,9 @@ class ExperimentSection(Section):
     #: where everything of the run is written; ``{name}`` is replaced by the experiment name
     output_dir: str = "runs/{name}"
     seed: int = Field(default=0, ge=0)
+    #: where fine-tuned teachers are cached, keyed by what they depend on; runs that share it
+    #: share their teacher (default: ``<output_dir>/teacher-cache``)
+    teacher_cache: str | None = None
 
 
 class TrainingSection(Section):
