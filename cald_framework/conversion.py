@@ -107,7 +107,7 @@ def convert(
             f"the model to convert already has mixers ({original.config.mixer!r})"
         )
     student = copy.deepcopy(original)
-    student.config.max_length = max_length
+    student.config.max_sequence_length = max_length
     slot_names = _slot_names(student)
     student.install_mixers(mixer_plugin, options, with_projections=True)
     report = transfer_report(original, student, slot_names)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
@@ -48,7 +49,7 @@ class CaldConfig(PretrainedConfig):
         head: dict[str, Any] | None = None,
         mixer: str | None = None,
         mixer_options: dict[str, Any] | None = None,
-        max_length: int | None = None,
+        max_sequence_length: int | None = None,
         task_metadata: dict[str, Any] | None = None,
         source_model: str | None = None,
         **kwargs: Any,
@@ -62,8 +63,9 @@ class CaldConfig(PretrainedConfig):
         #: registered name of the mixer, or ``None`` for a model that still has attention
         self.mixer = mixer
         self.mixer_options = dict(mixer_options or {})
-        #: the longest sequence the student must handle (sizes e.g. Linformer projections)
-        self.max_length = max_length
+        #: the longest sequence the student must handle (sizes e.g. Linformer projections);
+        #: not ``max_length``, which transformers reserves for generation
+        self.max_sequence_length = max_sequence_length
         #: anything the task saves with the model (label names, CTC vocabulary)
         self.task_metadata = dict(task_metadata or {})
         #: where the pretrained weights came from (hub id or directory), for provenance
@@ -126,7 +128,14 @@ def mixer_options(
             f"mixer {plugin.name!r} takes {plugin.options.__name__} options, "
             f"got {type(options).__name__}"
         )
-    return plugin.options.model_validate(dict(options))
+    try:
+        return plugin.options.model_validate(dict(options))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, item['loc'])) or 'options'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise PluginError(f"mixer {plugin.name!r} options: {problems}") from None
 
 
 class CaldModel(PreTrainedModel):
@@ -187,7 +196,7 @@ class CaldModel(PreTrainedModel):
             source=source_name,
             source_config=family.backbone_config(backbone),
             head=dataclasses.asdict(head),
-            max_length=max_length,
+            max_sequence_length=max_length,
             task_metadata=dict(task_metadata or {}),
             source_model=model,
         )
@@ -208,7 +217,7 @@ class CaldModel(PreTrainedModel):
             source=source_name,
             source_config=dict(source_config),
             head=dataclasses.asdict(head),
-            max_length=max_length,
+            max_sequence_length=max_length,
         )
         return cls(config, source=source)
 
@@ -240,7 +249,7 @@ class CaldModel(PreTrainedModel):
                     num_heads=num_heads,
                     layer_index=slot.layer_index,
                     num_layers=len(slots),
-                    max_length=self.config.max_length or 0,
+                    max_length=self.config.max_sequence_length or 0,
                     causal=self.family.causal,
                     shared=self.shared,
                     projections=self.family.projections(slot) if with_projections else None,

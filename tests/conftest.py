@@ -184,6 +184,36 @@ class _CumulativeMean(nn.Module):
         return self.projection(running) * self.scale.weight[:, 0]
 
 
+class _LowRankAttention(_ExactAttention):
+    """Linformer-like: keys and values projected along the sequence by one ``E`` shared by all
+    layers (``max_length x 4``), padded rows zeroed first."""
+
+    def __init__(self, options: PluginOptions, ctx: MixerContext):
+        super().__init__(options, ctx)
+        if "E" not in ctx.shared:
+            ctx.shared["E"] = nn.Linear(ctx.max_length, 4, bias=False)
+        self.sequence = ctx.shared["E"]
+
+    def forward(self, states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, time, width = states.shape
+        if padding_mask is not None:
+            states = states * padding_mask[..., None]
+        query = self.query(states).view(batch, time, self.heads, -1).transpose(1, 2)
+        rows = self.sequence.weight[:, :time]
+        key, value = (
+            (rows @ projection(states)).view(batch, rows.shape[0], self.heads, -1).transpose(1, 2)
+            for projection in (self.key, self.value)
+        )
+        scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+        mixed = scores.softmax(-1) @ value
+        return self.output(mixed.transpose(1, 2).reshape(batch, time, width))
+
+
+@pytest.fixture(scope="session")
+def low_rank_mixer() -> MixerPlugin:
+    return MixerPlugin("low-rank", NoOptions, _LowRankAttention, "bidirectional")
+
+
 @pytest.fixture(scope="session")
 def exact_attention_mixer() -> MixerPlugin:
     return MixerPlugin("exact-attention", NoOptions, _ExactAttention, "causal")
