@@ -1,0 +1,144 @@
+"""Linformer self-attention: keys and values are projected along the sequence to a fixed rank k.
+
+Follows the CALD paper's code: the projected keys are ``E[:n]ᵀ K[:n] / sqrt(n)`` (values alike
+with F), where ``n`` is each sample's valid length, so padding never enters the projection and
+the feature scale does not grow with the length. One E acts on the full hidden width, shared by
+all heads. With ``E = F = sqrt(n)·I`` and ``k = n`` this is exactly softmax attention.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from cald_framework.contracts import MixerContext, PluginOptions
+from cald_framework.errors import DataError, SpecError
+
+from .padding import valid_lengths, zero_padding
+
+#: the key in ``MixerContext.shared`` of the projection that ``share = "layer"`` uses everywhere
+SHARED_KEY = "linformer"
+
+
+class LinformerOptions(PluginOptions):
+    """Options of the ``linformer`` mixer."""
+
+    k: int = Field(256, gt=0, description="rank of the sequence projections E and F")
+    share: Literal["none", "kv", "layer"] = Field(
+        "none",
+        description="none: E and F per layer; kv: E = F per layer; layer: one E = F for all layers",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention probabilities")
+
+
+class SequenceProjection(nn.Module):
+    """E (or F): maps the valid rows of ``[B, T, D]`` to ``[B, k, D]``, scaled by ``1/sqrt(n)``."""
+
+    def __init__(self, max_length: int, k: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(max_length, k))
+
+    def forward(self, states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        time = states.shape[1]
+        max_length = self.weight.shape[0]
+        if time > max_length:
+            raise DataError(
+                f"linformer: sequence of length {time} is longer than max_length {max_length}"
+            )
+        lengths = valid_lengths(padding_mask, states).to(states.dtype)
+        projected = self.weight[:time].T @ zero_padding(states, padding_mask)
+        return projected / lengths.sqrt()[:, None, None]
+
+
+def _reused_linear(linear: nn.Linear | None, d_model: int, role: str) -> nn.Linear:
+    """A copy of the teacher's projection (so the teacher keeps its own), or a fresh one."""
+    if linear is None:
+        return nn.Linear(d_model, d_model)
+    if (linear.in_features, linear.out_features) != (d_model, d_model):
+        raise SpecError(
+            f"linformer: the {role} projection maps {linear.in_features} -> "
+            f"{linear.out_features} features, expected {d_model} -> {d_model}"
+        )
+    return copy.deepcopy(linear)
+
+
+def _shared_projection(ctx: MixerContext, k: int) -> SequenceProjection:
+    """The single projection of ``share = "layer"``: the first layer creates it, others reuse it."""
+    if SHARED_KEY not in ctx.shared:
+        ctx.shared[SHARED_KEY] = SequenceProjection(ctx.max_length, k)
+    projection = ctx.shared[SHARED_KEY]
+    expected = (ctx.max_length, k)
+    if tuple(projection.weight.shape) != expected:
+        raise SpecError(
+            f"linformer: the shared projection has shape {tuple(projection.weight.shape)}, "
+            f"layer {ctx.layer_index} needs {expected} (max_length, k)"
+        )
+    return projection
+
+
+class LinformerMixer(nn.Module):
+    """Multi-head attention over ``k`` projected keys/values: linear in the sequence length."""
+
+    def __init__(self, options: LinformerOptions, ctx: MixerContext):
+        super().__init__()
+        if ctx.d_model % ctx.num_heads:
+            raise SpecError(
+                f"linformer: num_heads {ctx.num_heads} must divide d_model {ctx.d_model}"
+            )
+        if ctx.max_length <= 0:
+            raise SpecError(
+                f"linformer: needs the longest sequence length to size E and F, "
+                f"got max_length {ctx.max_length}"
+            )
+        self.num_heads = ctx.num_heads
+        self.dropout = options.dropout
+        teacher = ctx.projections
+        self.query = _reused_linear(teacher and teacher.query, ctx.d_model, "query")
+        self.key = _reused_linear(teacher and teacher.key, ctx.d_model, "key")
+        self.value = _reused_linear(teacher and teacher.value, ctx.d_model, "value")
+        if teacher is None or teacher.output is not None:
+            self.output = _reused_linear(teacher and teacher.output, ctx.d_model, "output")
+        else:
+            self.output = None
+        self._set_projections(options, ctx)
+
+    def _set_projections(self, options: LinformerOptions, ctx: MixerContext) -> None:
+        """Register E and F as this sharing mode owns them; shared ones are plain references.
+
+        A reference set with ``object.__setattr__`` is not a submodule, so a tensor used in two
+        places appears once in the state dict (under this layer, or under the model's shared dict).
+        """
+        if options.share == "layer":
+            shared = _shared_projection(ctx, options.k)
+            object.__setattr__(self, "key_projection", shared)
+            object.__setattr__(self, "value_projection", shared)
+            return
+        self.key_projection = SequenceProjection(ctx.max_length, options.k)
+        if options.share == "kv":
+            object.__setattr__(self, "value_projection", self.key_projection)
+        else:
+            self.value_projection = SequenceProjection(ctx.max_length, options.k)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch, time, width = states.shape
+        return states.view(batch, time, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def forward(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        keys = self.key_projection(self.key(hidden_states), padding_mask)
+        values = self.value_projection(self.value(hidden_states), padding_mask)
+        mixed = F.scaled_dot_product_attention(
+            self._split_heads(self.query(hidden_states)),
+            self._split_heads(keys),
+            self._split_heads(values),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        mixed = mixed.transpose(1, 2).flatten(2)
+        return mixed if self.output is None else self.output(mixed)
+

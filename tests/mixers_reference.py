@@ -1,0 +1,125 @@
+"""Helpers for the mixer tests: contexts, padded batches, and naive step-by-step references.
+
+The references are written from the papers' equations, one time step at a time, so the
+parallel implementations are checked against something that shares none of their code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cald_framework.contracts import AttentionProjections, MixerContext
+
+
+def context(
+    d_model: int = 8,
+    num_heads: int = 2,
+    *,
+    max_length: int = 16,
+    layer_index: int = 0,
+    num_layers: int = 1,
+    causal: bool = False,
+    shared: nn.ModuleDict | None = None,
+    projections: AttentionProjections | None = None,
+) -> MixerContext:
+    return MixerContext(
+        d_model=d_model,
+        num_heads=num_heads,
+        layer_index=layer_index,
+        num_layers=num_layers,
+        max_length=max_length,
+        causal=causal,
+        shared=nn.ModuleDict() if shared is None else shared,
+        projections=projections,
+    )
+
+
+def padded_batch(
+    lengths: list[int], width: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float64 batch ``[B, max(lengths), width]`` with garbage in the padding, and its mask."""
+    generator = torch.Generator().manual_seed(seed)
+    time = max(lengths)
+    states = torch.randn(len(lengths), time, width, generator=generator, dtype=torch.float64)
+    mask = torch.arange(time)[None, :] < torch.tensor(lengths)[:, None]
+    states = torch.where(mask[..., None], states, 1e3 * torch.randn_like(states))
+    return states, mask
+
+
+def assert_padding_is_invisible(
+    mixer: nn.Module, states: torch.Tensor, mask: torch.Tensor, atol: float = 1e-10
+) -> None:
+    """The valid outputs of a padded batch equal those of each sequence run alone."""
+    batched = mixer(states, mask)
+    assert batched.shape == states.shape
+    for row, length in enumerate(mask.sum(1).tolist()):
+        alone = mixer(states[row : row + 1, :length], None)
+        torch.testing.assert_close(batched[row, :length], alone[0], rtol=0, atol=atol)
+
+
+def assert_causal(mixer: nn.Module, states: torch.Tensor, cut: int) -> None:
+    """Changing the inputs from position ``cut`` on leaves the outputs before it unchanged."""
+    changed = states.clone()
+    changed[:, cut:] = torch.randn_like(changed[:, cut:]) * 10
+    torch.testing.assert_close(mixer(changed, None)[:, :cut], mixer(states, None)[:, :cut])
+
+
+def assert_steps_match_forward(mixer: nn.Module, states: torch.Tensor) -> None:
+    """Running ``step`` token by token from ``init_state`` reproduces the parallel forward."""
+    batch, time, _ = states.shape
+    state = mixer.init_state(batch, states.device, states.dtype)
+    outputs = []
+    for position in range(time):
+        output, state = mixer.step(states[:, position], state)
+        outputs.append(output)
+    torch.testing.assert_close(torch.stack(outputs, 1), mixer(states, None), rtol=0, atol=1e-10)
+
+
+def softmax_attention(
+    hidden: torch.Tensor, projections: AttentionProjections, num_heads: int
+) -> torch.Tensor:
+    """Standard multi-head attention with scores scaled by ``1/sqrt(head_dim)``."""
+    batch, time, width = hidden.shape
+    head_dim = width // num_heads
+
+    def heads(linear: nn.Linear) -> torch.Tensor:
+        return linear(hidden).view(batch, time, num_heads, head_dim).transpose(1, 2)
+
+    query, key, value = heads(projections.query), heads(projections.key), heads(projections.value)
+    weights = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(head_dim), dim=-1)
+    mixed = (weights @ value).transpose(1, 2).reshape(batch, time, width)
+    return mixed if projections.output is None else projections.output(mixed)
+
+
+def causal_conv_silu(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """The depthwise causal convolution written as a sum over the kernel taps, then SiLU."""
+    taps = conv.weight.shape[-1]
+    padded = F.pad(x, (0, 0, taps - 1, 0))
+    mixed = sum(
+        padded[:, tap : tap + x.shape[1]] * conv.weight[:, 0, tap] for tap in range(taps)
+    )
+    if conv.bias is not None:
+        mixed = mixed + conv.bias
+    return F.silu(mixed)
+
+
+def mamba_reference(mixer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Mamba-1 (Gu & Dao 2023, Algorithm 2) with a Python loop over time, from its parameters."""
+    d_state, dt_rank = mixer.d_state, mixer.dt_rank
+    x, gate = mixer.in_proj(hidden).chunk(2, dim=-1)
+    x = causal_conv_silu(mixer.conv1d, x)
+    dt, B, C = mixer.x_proj(x).split([dt_rank, d_state, d_state], dim=-1)
+    delta = F.softplus(mixer.dt_proj(dt))
+    A = -torch.exp(mixer.A_log)
+    state = torch.zeros(hidden.shape[0], x.shape[-1], d_state, dtype=hidden.dtype)
+    outputs = []
+    for t in range(hidden.shape[1]):
+        state = torch.exp(delta[:, t, :, None] * A) * state
+        state = state + delta[:, t, :, None] * B[:, t, None, :] * x[:, t, :, None]
+        outputs.append((state * C[:, t, None, :]).sum(-1) + mixer.D * x[:, t])
+    y = torch.stack(outputs, dim=1) * F.silu(gate)
+    return mixer.out_proj(y)
