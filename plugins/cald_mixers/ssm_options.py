@@ -1,0 +1,46 @@
+"""Options and initialisation shared by the Mamba-family mixers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from cald_framework.contracts import PluginOptions
+
+
+class SsmOptions(PluginOptions):
+    """What Mamba and Mamba2 have in common: the block shape and the time-step initialisation."""
+
+    d_conv: int = Field(4, gt=0, description="width of the causal depthwise convolution")
+    expand: int = Field(2, gt=0, description="inner width = expand * d_model")
+    dt_min: float = Field(0.001, gt=0, description="smallest initial time step")
+    dt_max: float = Field(0.1, gt=0, description="largest initial time step")
+    dt_init_floor: float = Field(1e-4, gt=0, description="lower bound of the initial time steps")
+    conv_bias: bool = Field(True, description="bias in the convolution")
+    bias: bool = Field(False, description="bias in the input and output projections")
+
+    @model_validator(mode="after")
+    def _time_steps_ordered(self) -> SsmOptions:
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"dt_min ({self.dt_min}) must not exceed dt_max ({self.dt_max})")
+        return self
+
+
+def time_step_bias(size: int, options: SsmOptions) -> torch.Tensor:
+    """The bias whose softplus is a time step drawn log-uniformly in ``[dt_min, dt_max]``.
+
+    This is Mamba's initialisation: the initial time steps span slow and fast channels.
+    """
+    low, high = math.log(options.dt_min), math.log(options.dt_max)
+    dt = torch.exp(torch.rand(size) * (high - low) + low).clamp(min=options.dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # softplus⁻¹(dt), stable for small dt
+
+
+def exclude_from_weight_decay(*params: nn.Parameter) -> None:
+    """Tag parameters (decay rates, skips, time-step biases) that weight decay would distort."""
+    for param in params:
+        param._no_weight_decay = True  # type: ignore[attr-defined]
+

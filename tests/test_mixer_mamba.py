@@ -1,0 +1,141 @@
+"""The mamba mixer and its parallel scan, against a step-by-step recurrence written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from cald_framework.contracts import no_weight_decay_names
+from cald_mixers.mamba import MambaMixer, MambaOptions
+from cald_mixers.scan import linear_scan
+
+from .mixers_reference import (
+    assert_causal,
+    assert_padding_is_invisible,
+    assert_steps_match_forward,
+    context,
+    mamba_reference,
+    padded_batch,
+)
+
+
+def _mamba(d_model: int = 8, seed: int = 0, **options) -> MambaMixer:
+    torch.manual_seed(seed)
+    defaults = {"d_state": 4, "expand": 2, "d_conv": 3}
+    mixer = MambaMixer(MambaOptions(**{**defaults, **options}), context(d_model, 2, causal=True))
+    return mixer.double()
+
+
+@pytest.mark.parametrize("time", [1, 2, 5, 8, 13])
+def test_the_scan_equals_the_sequential_recurrence_and_its_gradient(time):
+    generator = torch.Generator().manual_seed(time)
+    decay = torch.rand(2, time, 3, 2, generator=generator, dtype=torch.float64)
+    inputs = torch.randn(2, time, 3, 2, generator=generator, dtype=torch.float64)
+    state, expected = torch.zeros(2, 3, 2, dtype=torch.float64), []
+    for t in range(time):
+        state = decay[:, t] * state + inputs[:, t]
+        expected.append(state)
+    torch.testing.assert_close(linear_scan(decay, inputs), torch.stack(expected, 1))
+    assert torch.autograd.gradcheck(
+        linear_scan, (decay.requires_grad_(), inputs.requires_grad_())
+    )
+
+
+def test_forward_equals_the_naive_recurrence():
+    mixer = _mamba(bias=True)
+    hidden, _ = padded_batch([11, 11], 8)
+    expected = mamba_reference(mixer, hidden)
+    torch.testing.assert_close(mixer(hidden, None), expected, atol=1e-6, rtol=0)
+
+
+def test_padded_forward_equals_the_naive_recurrence_on_valid_positions():
+    mixer = _mamba()
+    hidden, mask = padded_batch([11, 6], 8)
+    out = mixer(hidden, mask)
+    for row, length in enumerate([11, 6]):
+        expected = mamba_reference(mixer, hidden[row : row + 1, :length])[0]
+        torch.testing.assert_close(out[row, :length], expected, atol=1e-6, rtol=0)
+
+
+def test_a_padded_batch_gives_each_sequence_its_own_output():
+    assert_padding_is_invisible(_mamba(bias=True), *padded_batch([10, 3, 7], 8))
+
+
+def test_future_tokens_never_change_past_outputs():
+    assert_causal(_mamba(), padded_batch([9, 9], 8)[0], cut=4)
+
+
+def test_the_recurrent_step_equals_the_parallel_forward():
+    assert_steps_match_forward(_mamba(d_conv=4), padded_batch([9, 9], 8)[0])
+
+
+def test_gradients_reach_every_parameter():
+    mixer = _mamba()
+    hidden, mask = padded_batch([7, 5], 8)
+    mixer(hidden, mask).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixer.parameters())
+
+
+def test_shapes_follow_mambas_layout_and_dt_rank_defaults_to_a_sixteenth():
+    mixer = MambaMixer(MambaOptions(), context(40, 4, causal=True))
+    assert mixer.dt_rank == math.ceil(40 / 16) == 3
+    shapes = {name: tuple(p.shape) for name, p in mixer.named_parameters()}
+    assert shapes == {
+        "in_proj.weight": (160, 40),
+        "conv1d.weight": (80, 1, 4),
+        "conv1d.bias": (80,),
+        "x_proj.weight": (3 + 2 * 16, 80),
+        "dt_proj.weight": (80, 3),
+        "dt_proj.bias": (80,),
+        "out_proj.weight": (40, 80),
+        "A_log": (80, 16),
+        "D": (80,),
+    }
+    explicit = MambaMixer(MambaOptions(dt_rank=7), context(40, 4, causal=True))
+    assert explicit.dt_proj.weight.shape == (80, 7)
+
+
+def test_initialisation_is_mambas():
+    torch.manual_seed(0)
+    options = MambaOptions(dt_min=0.01, dt_max=0.05)
+    mixer = MambaMixer(options, context(64, 4, causal=True))
+    torch.testing.assert_close(mixer.A_log.exp()[5], torch.arange(1.0, 17.0))
+    torch.testing.assert_close(mixer.D, torch.ones(128))
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.05 * (1 + 1e-5)
+    bound = 4**-0.5
+    assert mixer.dt_proj.weight.abs().max() <= bound
+
+
+def test_the_time_step_floor_applies():
+    mixer = MambaMixer(
+        MambaOptions(dt_min=1e-6, dt_max=2e-6, dt_init_floor=1e-3), context(16, 2, causal=True)
+    )
+    torch.testing.assert_close(
+        torch.nn.functional.softplus(mixer.dt_proj.bias), torch.full((32,), 1e-3)
+    )
+
+
+def test_decay_rates_skips_and_time_step_bias_get_no_weight_decay():
+    mixer = MambaMixer(MambaOptions(), context(16, 2, causal=True))
+    assert no_weight_decay_names(mixer) == {"A_log", "D", "dt_proj.bias"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"d_state": 0}, "d_state"),
+        ({"expand": 0}, "expand"),
+        ({"d_conv": -1}, "d_conv"),
+        ({"dt_rank": 0}, "dt_rank"),
+        ({"dt_min": 0.2}, r"dt_min \(0.2\) must not exceed dt_max \(0.1\)"),
+        ({"dt_init_floor": 0}, "dt_init_floor"),
+        ({"state_size": 8}, "state_size"),
+    ],
+)
+def test_bad_options_are_refused_by_name(options, message):
+    with pytest.raises(ValidationError, match=message):
+        MambaOptions(**options)
