@@ -1,0 +1,73 @@
+"""Learning-rate schedules: a linear warm-up followed by a constant, linear, cosine or exponential phase.
+
+:func:`lr_factor` is a pure function of the optimizer step, so the formulas can be checked on
+their own; :func:`build_scheduler` wraps it in a ``LambdaLR`` whose state is plain JSON.
+
+With ``W`` warm-up steps, ``S`` total steps, floor ``r = min_lr_ratio`` and the decay progress
+``p = (step - W) / max(1, S - W)``, the factor applied to ``lr`` at (0-based) ``step`` is:
+
+* warm-up (``step < W``): ``(step + 1) / W``, so the last warm-up step reaches the full rate;
+* ``constant``: ``1``;
+* ``linear``: ``1 - p`` (zero at step ``S``);
+* ``cosine``: ``r + (1 - r) * (1 + cos(pi * p)) / 2``;
+* ``exponential``: ``r ** p`` (needs ``r > 0``).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Literal
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from ..errors import CaldError
+from ..spec.sections import TrainingSection
+
+ScheduleName = Literal["constant", "linear", "cosine", "exponential"]
+
+
+def lr_factor(
+    step: int,
+    *,
+    schedule: ScheduleName,
+    total_steps: int,
+    warmup_steps: int,
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """The multiple of the base learning rate used by the optimizer update at ``step``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * progress)) / 2
+    return min_lr_ratio**progress
+
+
+def warmup_steps_for(training: TrainingSection, total_steps: int) -> int:
+    """``warmup_steps`` when set, else ``ceil(warmup_ratio * total_steps)``."""
+    if training.warmup_steps is not None:
+        return training.warmup_steps
+    return math.ceil(training.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: Optimizer, training: TrainingSection, total_steps: int) -> LambdaLR:
+    """The schedule that ``training`` names, over ``total_steps`` optimizer updates."""
+    if training.schedule == "exponential" and training.min_lr_ratio <= 0:
+        raise CaldError(
+            "training.min_lr_ratio must be above 0 for the exponential schedule "
+            "(it decays to lr * min_lr_ratio)"
+        )
+    factor = partial(
+        lr_factor,
+        schedule=training.schedule,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps_for(training, total_steps),
+        min_lr_ratio=training.min_lr_ratio,
+    )
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,72 @@
+"""Learning-rate schedules against their formulas, and the scheduler that applies them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cald_framework.engine.schedules import build_scheduler, lr_factor, warmup_steps_for
+from cald_framework.errors import CaldError
+from cald_framework.spec.sections import TrainingSection
+
+TOTAL, WARMUP, FLOOR = 20, 4, 0.1
+
+
+def _factor(schedule: str, step: int) -> float:
+    return lr_factor(
+        step, schedule=schedule, total_steps=TOTAL, warmup_steps=WARMUP, min_lr_ratio=FLOOR  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "exponential"])
+def test_warmup_is_linear_up_to_the_full_rate(schedule: str) -> None:
+    assert [_factor(schedule, s) for s in range(WARMUP)] == [0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize(
+    "schedule, formula",
+    [
+        ("constant", lambda p: 1.0),
+        ("linear", lambda p: 1.0 - p),
+        ("cosine", lambda p: FLOOR + (1 - FLOOR) * (1 + math.cos(math.pi * p)) / 2),
+        ("exponential", lambda p: FLOOR**p),
+    ],
+)
+def test_decay_phase_matches_formula(schedule: str, formula) -> None:  # type: ignore[no-untyped-def]
+    for step in range(WARMUP, TOTAL + 1):
+        progress = (step - WARMUP) / (TOTAL - WARMUP)
+        assert _factor(schedule, step) == pytest.approx(formula(progress), abs=1e-15)
+    assert _factor("cosine", TOTAL) == pytest.approx(FLOOR)
+    assert _factor("exponential", TOTAL) == pytest.approx(FLOOR)
+    assert _factor("linear", TOTAL) == 0.0
+
+
+def test_warmup_ratio_rounds_up_and_steps_win() -> None:
+    assert warmup_steps_for(TrainingSection(warmup_ratio=0.1), 25) == 3
+    assert warmup_steps_for(TrainingSection(warmup_ratio=0.1, warmup_steps=7), 25) == 7
+    assert warmup_steps_for(TrainingSection(), 25) == 0
+
+
+def test_scheduler_sets_the_rate_of_each_update() -> None:
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=0.5)
+    training = TrainingSection(lr=0.5, schedule="cosine", warmup_steps=2, min_lr_ratio=0.2)
+    scheduler = build_scheduler(optimizer, training, total_steps=6)
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [
+        0.5 * lr_factor(s, schedule="cosine", total_steps=6, warmup_steps=2, min_lr_ratio=0.2)
+        for s in range(6)
+    ]
+    assert seen == pytest.approx(expected, abs=1e-15)
+
+
+def test_exponential_needs_a_floor() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(CaldError, match="training.min_lr_ratio must be above 0 for the exponential"):
+        build_scheduler(optimizer, TrainingSection(schedule="exponential"), total_steps=10)
