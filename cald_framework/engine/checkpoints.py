@@ -1,0 +1,170 @@
+"""Training checkpoints: atomic directories of safetensors files plus one JSON state file.
+
+A checkpoint is written into a temporary directory inside the checkpoints folder, every file
+is fsynced, and the directory is renamed to ``step-XXXXXXXX`` only when complete, so a crash
+leaves either the old set or the new one, plus a ``.tmp-*`` leftover that the next run removes.
+Deletion goes the other way round (rename to ``.tmp-*``, then remove).
+
+Each *part* (model, optimizer, guidance state) is a nested structure split by
+:mod:`.treecodec` into ``<part>.safetensors`` and a skeleton in ``state.json``, which also
+records the size and SHA-256 of every file so that a truncated or corrupted checkpoint is
+recognised before anything is loaded from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ..errors import CheckpointError
+from . import treecodec
+from .tensorfiles import fsync_dir, read_tensors, sha256_of, write_tensors
+
+FORMAT = 1
+STATE_FILE = "state.json"
+_NAME = re.compile(r"^step-(\d{8,})$")
+_TEMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: its trainer state and lazily loaded parts."""
+
+    path: Path
+    step: int
+    #: what the trainer stored besides tensors (positions, scheduler, RNG, best metric)
+    meta: dict[str, Any]
+    _skeletons: dict[str, Any]
+
+    def has_part(self, name: str) -> bool:
+        return name in self._skeletons
+
+    def part(self, name: str, device: str | torch.device = "cpu") -> Any:
+        """The nested structure saved as ``name``, its tensors on ``device``."""
+        if name not in self._skeletons:
+            raise CheckpointError(f"checkpoint {self.path} has no {name!r} state")
+        tensors = read_tensors(self.path / f"{name}.safetensors", device)
+        return treecodec.decode(self._skeletons[name], tensors)
+
+
+def save_checkpoint(
+    root: Path, step: int, parts: Mapping[str, Any], meta: Mapping[str, Any]
+) -> Path:
+    """Write ``parts`` and ``meta`` as the checkpoint of ``step``; replaces an older one of that step."""
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+    skeletons: dict[str, Any] = {}
+    files: dict[str, dict[str, Any]] = {}
+    for name, tree in parts.items():
+        skeletons[name], tensors = treecodec.encode(tree)
+        file = staging / f"{name}.safetensors"
+        write_tensors(file, tensors)
+        files[file.name] = {"bytes": file.stat().st_size, "sha256": sha256_of(file)}
+    state = {"format": FORMAT, "step": step, "files": files, "parts": skeletons, "meta": dict(meta)}
+    state_file = staging / STATE_FILE
+    with open(state_file, "w") as handle:
+        json.dump(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_dir(staging)
+    final = root / checkpoint_name(step)
+    if final.exists():
+        _remove(final)
+    os.replace(staging, final)
+    fsync_dir(root)
+    return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that a crash half-way leaves a temporary, never a partial checkpoint."""
+    doomed = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=path.parent))
+    os.replace(path, doomed / path.name)
+    shutil.rmtree(doomed)
+
+
+def remove_temporaries(root: Path) -> None:
+    """Delete what an interrupted save or delete left behind."""
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.startswith(_TEMP_PREFIX):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories in ``root``, oldest first (temporaries and other files ignored)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), entry) for entry in root.iterdir() if (m := _NAME.match(entry.name))]
+    return [path for _, path in sorted(found)]
+
+
+def _check_file(path: Path, expected: Mapping[str, Any]) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path.name} is missing")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise CheckpointError(f"{path.name} is truncated ({size} of {expected['bytes']} bytes)")
+    if sha256_of(path) != expected["sha256"]:
+        raise CheckpointError(f"{path.name} does not match its checksum")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # safetensors raises its own error type for bad headers
+        raise CheckpointError(f"{path.name} has an unreadable header ({error})") from error
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """Read and verify a checkpoint; :class:`CheckpointError` names it and what is wrong."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        if state.get("format") != FORMAT:
+            raise CheckpointError(f"unknown checkpoint format {state.get('format')!r}")
+        for name, expected in state["files"].items():
+            _check_file(path / name, expected)
+        return Checkpoint(path, int(state["step"]), state["meta"], state["parts"])
+    except CheckpointError as error:
+        raise CheckpointError(f"checkpoint {path} is unusable: {error}") from error
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = "state.json is missing" if isinstance(error, FileNotFoundError) else (
+            f"state.json is unreadable ({type(error).__name__}: {error})"
+        )
+        raise CheckpointError(f"checkpoint {path} is unusable: {reason}") from error
+
+
+def latest_checkpoint(root: Path, warn: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint that verifies; each broken newer one is reported through ``warn``.
+
+    ``None`` when there is none at all; :class:`CheckpointError` when every one is broken.
+    """
+    candidates = list_checkpoints(root)
+    for path in reversed(candidates):
+        try:
+            return open_checkpoint(path)
+        except CheckpointError as error:
+            warn(f"{error}; falling back to the previous checkpoint")
+    if candidates:
+        raise CheckpointError(f"no usable checkpoint in {root}: all {len(candidates)} are broken")
+    return None
+
+
+def prune(root: Path, keep_last: int, keep: Collection[Path] = ()) -> None:
+    """Delete every checkpoint except the newest ``keep_last`` and those in ``keep``."""
+    existing = list_checkpoints(root)
+    survivors = set(existing[-keep_last:]) | set(keep)
+    for path in existing:
+        if path not in survivors:
+            _remove(path)

@@ -1,0 +1,106 @@
+"""Safetensors files written atomically, with tied tensors kept tied and never a pickle.
+
+Safetensors refuses tensors that share memory (tied embeddings, views of one buffer). A tensor
+that is exactly another one is stored once and recorded as an alias in the file's metadata;
+other overlaps are copied. :func:`read_tensors` restores the aliases, so a state dict round
+trips with every key present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+
+_ALIASES_KEY = "cald_aliases"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary)`` next to ``path``, fsync it and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, document: object) -> None:
+    write_atomic(path, lambda target: target.write_text(json.dumps(document, indent=1) + "\n"))
+
+
+def _view_key(tensor: torch.Tensor) -> tuple[object, ...]:
+    return (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def _storable(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Unique CPU tensors to save and ``{alias: stored name}`` for exact duplicates."""
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    by_view: dict[tuple[object, ...], str] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach()
+        key = _view_key(tensor)
+        if tensor.numel() and key in by_view:
+            aliases[name] = by_view[key]
+            continue
+        storage = tensor.untyped_storage().data_ptr()
+        cpu = tensor.cpu()
+        stored[name] = (cpu.clone() if storage in storages else cpu).contiguous()
+        if tensor.numel():
+            storages.add(storage)
+            by_view[key] = name
+    return stored, aliases
+
+
+def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Save a flat ``{name: tensor}`` mapping as one safetensors file, atomically."""
+    stored, aliases = _storable(tensors)
+    metadata = {_ALIASES_KEY: json.dumps(aliases)}
+    write_atomic(path, lambda target: save_file(stored, str(target), metadata=metadata))
+
+
+def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a file written by :func:`write_tensors` (or any safetensors file) onto ``device``."""
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            metadata = handle.metadata() or {}
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    for alias, name in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
+        tensors[alias] = tensors[name]
+    return tensors
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
