@@ -125,6 +125,23 @@ class RecurrentMixer(Protocol):
         ...
 
 
+@runtime_checkable
+class RecurrentSlot(Protocol):
+    """What a family wires into an attention slot, when it can also run one position at a time.
+
+    Generation puts every slot of a student in step mode: each call of the backbone then takes
+    one position and the slot advances its mixer's :class:`RecurrentMixer` state.
+    """
+
+    def start_recurrence(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Enter step mode from an empty history; an error if the mixer cannot step."""
+        ...
+
+    def stop_recurrence(self) -> None:
+        """Leave step mode and drop the state."""
+        ...
+
+
 def no_weight_decay_names(module: nn.Module) -> set[str]:
     """Parameter names (relative to ``module``) that a mixer tagged ``_no_weight_decay = True``."""
     return {
@@ -255,6 +272,11 @@ class AttentionSlot:
     parent: nn.Module
     attribute: str
 
+    @property
+    def module(self) -> nn.Module:
+        """The module now in the slot (the attention, or what replaced it)."""
+        return getattr(self.parent, self.attribute)
+
 
 class PaddingState:
     """The padding mask of the forward pass in progress, shared by a model and its mixer wrappers.
@@ -355,6 +377,15 @@ class SourceFamily(ABC):
         Returns the LM logits ``[B, T, V]`` for a ``causal_lm`` head, else the final features
         ``[B, T, D]`` (after any final norm) that the host's head reads.
         """
+
+    def extend_positions(self, backbone: nn.Module, length: int) -> bool:
+        """Make ``backbone`` accept inputs of ``length`` positions; ``True`` if it had to change.
+
+        Only for speed measurements beyond the teacher's trained length: a family with a fixed
+        position table grows it with new random rows (so outputs there mean nothing). The
+        default does nothing and returns ``False``, right for families without such a limit.
+        """
+        return False
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ def _is_constant(tensor: torch.Tensor) -> bool:
 def _slot_names(model: CaldModel) -> list[str]:
     names = {id(module): name for name, module in model.named_modules()}
     return [
-        names[id(getattr(slot.parent, slot.attribute))]
+        names[id(slot.module)]
         for slot in model.family.attention_slots(model.backbone)
     ]
 

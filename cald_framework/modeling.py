@@ -117,9 +117,7 @@ def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]
             handle.remove()
 
 
-def mixer_options(
-    plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any]
-) -> PluginOptions:
+def mixer_options(plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any]) -> PluginOptions:
     """``options`` as the mixer's own option model (a mapping is validated against it)."""
     if isinstance(options, plugin.options):
         return options

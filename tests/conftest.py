@@ -46,35 +46,62 @@ TINY_MODELS: dict[str, tuple[str, dict[str, Any], HeadSpec]] = {
     ),
     "roberta": (
         "bert",
-        {"model_type": "roberta", "num_attention_heads": 4, "max_position_embeddings": 40,
-         "pad_token_id": 1, **_TEXT},
+        {
+            "model_type": "roberta",
+            "num_attention_heads": 4,
+            "max_position_embeddings": 40,
+            "pad_token_id": 1,
+            **_TEXT,
+        },
         HeadSpec("classification", 2),
     ),
     "gpt-neox": (
         "gpt-neox",
-        {"model_type": "gpt_neox", "num_attention_heads": 4, "max_position_embeddings": 40,
-         "rotary_pct": 0.5, **_TEXT},
+        {
+            "model_type": "gpt_neox",
+            "num_attention_heads": 4,
+            "max_position_embeddings": 40,
+            "rotary_pct": 0.5,
+            **_TEXT,
+        },
         HeadSpec("causal_lm"),
     ),
     "llama": (
         "llama",
-        {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2,
-         "max_position_embeddings": 40, "tie_word_embeddings": True, **_TEXT},
+        {
+            "model_type": "llama",
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 40,
+            "tie_word_embeddings": True,
+            **_TEXT,
+        },
         HeadSpec("causal_lm"),
     ),
     "llama-classifier": (
         "llama",
-        {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 4,
-         "max_position_embeddings": 40, **_TEXT},
+        {
+            "model_type": "llama",
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 40,
+            **_TEXT,
+        },
         HeadSpec("classification", 4),
     ),
     "wav2vec2": (
-        "wav2vec2", {"model_type": "wav2vec2", **_AUDIO}, HeadSpec("token_classification", 7)
+        "wav2vec2",
+        {"model_type": "wav2vec2", **_AUDIO},
+        HeadSpec("token_classification", 7),
     ),
     "wav2vec2-stable": (
         "wav2vec2",
-        {"model_type": "wav2vec2", "do_stable_layer_norm": True, "feat_extract_norm": "layer",
-         **_AUDIO},
+        {
+            "model_type": "wav2vec2",
+            "do_stable_layer_norm": True,
+            "feat_extract_norm": "layer",
+            **_AUDIO,
+        },
         HeadSpec("classification", 3),
     ),
     "hubert": ("wav2vec2", {"model_type": "hubert", **_AUDIO}, HeadSpec("token_classification", 7)),
@@ -210,20 +237,12 @@ class _LowRankAttention(_ExactAttention):
 
 
 @pytest.fixture(scope="session")
-def low_rank_mixer() -> MixerPlugin:
-    return MixerPlugin("low-rank", NoOptions, _LowRankAttention, "bidirectional")
-
-
-@pytest.fixture(scope="session")
-def exact_attention_mixer() -> MixerPlugin:
-    return MixerPlugin("exact-attention", NoOptions, _ExactAttention, "causal")
-
-
-@pytest.fixture(scope="session")
-def cumulative_mean_mixer() -> MixerPlugin:
-    return MixerPlugin("cumulative-mean", NoOptions, _CumulativeMean, "causal")
-
-
-@pytest.fixture(scope="session")
-def bidirectional_mixer() -> MixerPlugin:
-    return MixerPlugin("bidirectional-mean", NoOptions, _CumulativeMean, "bidirectional")
+def mixer_plugins() -> dict[str, MixerPlugin]:
+    """Test mixers by name; ``bidirectional-mean`` is the causal mean declared bidirectional."""
+    plugins = [
+        MixerPlugin("exact-attention", NoOptions, _ExactAttention, "causal"),
+        MixerPlugin("cumulative-mean", NoOptions, _CumulativeMean, "causal"),
+        MixerPlugin("bidirectional-mean", NoOptions, _CumulativeMean, "bidirectional"),
+        MixerPlugin("low-rank", NoOptions, _LowRankAttention, "bidirectional"),
+    ]
+    return {plugin.name: plugin for plugin in plugins}

@@ -19,9 +19,7 @@ EXACT_CASES = sorted(set(TINY_MODELS) - {"wavlm"})
 #: case -> the tensors of one attention slot, relative to the slot
 ATTENTION_TENSORS = {
     "bert": ["query.weight", "query.bias", "key.weight", "key.bias", "value.weight", "value.bias"],
-    "gpt-neox": [
-        "query_key_value.weight", "query_key_value.bias", "dense.weight", "dense.bias"
-    ],
+    "gpt-neox": ["query_key_value.weight", "query_key_value.bias", "dense.weight", "dense.bias"],
     "llama": ["q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"],
     "wav2vec2": [
         f"{name}.{kind}"
@@ -48,11 +46,11 @@ def _identity_rotary(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("case", EXACT_CASES)
 def test_a_mixer_that_reproduces_attention_gives_the_teachers_outputs(
-    case, make_teacher, make_inputs, exact_attention_mixer
+    case, make_teacher, make_inputs, mixer_plugins
 ):
     teacher, inputs = make_teacher(case), make_inputs(case)
     _identity_rotary(teacher)
-    student, _ = convert(teacher, exact_attention_mixer, {}, max_length=40)
+    student, _ = convert(teacher, mixer_plugins["exact-attention"], {}, max_length=40)
     expected, got = teacher(**inputs), student.eval()(**inputs)
     valid = expected.hidden_mask
     assert torch.equal(got.hidden_mask, valid)
@@ -65,19 +63,19 @@ def test_a_mixer_that_reproduces_attention_gives_the_teachers_outputs(
 
 
 def test_with_rotary_in_place_a_causal_student_differs_from_its_teacher(
-    make_teacher, make_inputs, exact_attention_mixer
+    make_teacher, make_inputs, mixer_plugins
 ):
     """The identity-rotary check above is not vacuous: rotary is really dropped."""
     teacher, inputs = make_teacher("llama"), make_inputs("llama")
-    student, _ = convert(teacher, exact_attention_mixer, {}, max_length=40)
+    student, _ = convert(teacher, mixer_plugins["exact-attention"], {}, max_length=40)
     assert not torch.allclose(student(**inputs).logits, teacher(**inputs).logits)
 
 
 @pytest.mark.parametrize("case", sorted(TINY_MODELS))
 def test_every_mixer_receives_the_hidden_states_and_the_padding_mask(
-    case, make_teacher, make_inputs, cumulative_mean_mixer
+    case, make_teacher, make_inputs, mixer_plugins
 ):
-    student, _ = convert(make_teacher(case), cumulative_mean_mixer, {}, max_length=40)
+    student, _ = convert(make_teacher(case), mixer_plugins["cumulative-mean"], {}, max_length=40)
     inputs = make_inputs(case)
     output = student(**inputs)
     mixers = [module for module in student.modules() if hasattr(module, "calls")]
@@ -93,10 +91,10 @@ def test_every_mixer_receives_the_hidden_states_and_the_padding_mask(
 
 
 @pytest.mark.parametrize("case", ["bert", "gpt-neox", "llama", "wav2vec2"])
-def test_the_transfer_report_accounts_for_every_tensor(case, make_teacher, cumulative_mean_mixer):
+def test_the_transfer_report_accounts_for_every_tensor(case, make_teacher, mixer_plugins):
     teacher = make_teacher(case)
     before = {name: tensor.clone() for name, tensor in teacher.state_dict().items()}
-    student, report = convert(teacher, cumulative_mean_mixer, {}, max_length=40)
+    student, report = convert(teacher, mixer_plugins["cumulative-mean"], {}, max_length=40)
     after = student.state_dict()
     layers = TINY_MODELS[case][1]["num_hidden_layers"]
     slots = [SLOT_PREFIXES[case].format(index) for index in range(layers)]
@@ -105,9 +103,9 @@ def test_the_transfer_report_accounts_for_every_tensor(case, make_teacher, cumul
     assert report.dropped == [f"{slot}.{name}" for slot in slots for name in attention]
     # a mixer holding the shared module lists it under its own name too (one tensor, many names)
     mixer_tensors = ("projection.weight", "projection.bias", "scale.weight")
-    assert report.new == [
-        f"{slot}.mixer.{name}" for slot in slots for name in mixer_tensors
-    ] + ["shared.scale.weight"]
+    assert report.new == [f"{slot}.mixer.{name}" for slot in slots for name in mixer_tensors] + [
+        "shared.scale.weight"
+    ]
     assert report.copied == [name for name in before if name not in report.dropped]
     assert len(report.copied) + len(report.dropped) == len(before)
     assert len(report.copied) + len(report.new) == len(after)
@@ -121,10 +119,8 @@ def test_the_transfer_report_accounts_for_every_tensor(case, make_teacher, cumul
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())
 
 
-def test_the_report_names_the_mixer_tensors_taken_over_from_attention(
-    make_teacher, exact_attention_mixer
-):
-    _, report = convert(make_teacher("llama"), exact_attention_mixer, {}, max_length=40)
+def test_the_report_names_the_mixer_tensors_taken_over_from_attention(make_teacher, mixer_plugins):
+    _, report = convert(make_teacher("llama"), mixer_plugins["exact-attention"], {}, max_length=40)
     slot = "backbone.model.layers.0.self_attn"
     assert report.from_attention[f"{slot}.mixer.query.weight"] == f"{slot}.q_proj.weight"
     assert report.from_attention[f"{slot}.mixer.output.weight"] == f"{slot}.o_proj.weight"
@@ -133,11 +129,9 @@ def test_the_report_names_the_mixer_tensors_taken_over_from_attention(
     assert report.counts()["from_attention"] == 4
 
 
-def test_tensors_lost_or_changed_outside_the_attention_are_caught(
-    make_teacher, exact_attention_mixer
-):
+def test_tensors_lost_or_changed_outside_the_attention_are_caught(make_teacher, mixer_plugins):
     teacher = make_teacher("bert")
-    student, _ = convert(teacher, exact_attention_mixer, {}, max_length=40)
+    student, _ = convert(teacher, mixer_plugins["exact-attention"], {}, max_length=40)
     slots = [SLOT_PREFIXES["bert"].format(index) for index in range(2)]
     student.backbone.embeddings.LayerNorm = nn.Identity()
     report = transfer_report(teacher, student, slots)
@@ -151,8 +145,10 @@ def test_tensors_lost_or_changed_outside_the_attention_are_caught(
         transfer_report(teacher, student, slots)
 
 
-def test_report_saves_as_json_atomically(tmp_path, make_teacher, cumulative_mean_mixer):
-    _, report = convert(make_teacher("gpt-neox"), cumulative_mean_mixer, {}, max_length=40)
+def test_report_saves_as_json_atomically(tmp_path, make_teacher, mixer_plugins):
+    _, report = convert(
+        make_teacher("gpt-neox"), mixer_plugins["cumulative-mean"], {}, max_length=40
+    )
     target = tmp_path / "reports" / "transfer.json"
     target.parent.mkdir()
     target.write_text("stale")
@@ -164,11 +160,11 @@ def test_report_saves_as_json_atomically(tmp_path, make_teacher, cumulative_mean
 
 
 def test_init_from_starts_the_student_from_another_checkpoint(
-    make_teacher, make_inputs, cumulative_mean_mixer
+    make_teacher, make_inputs, mixer_plugins
 ):
     teacher, source = make_teacher("bert", seed=0), make_teacher("bert", seed=1)
     source.config.source_model = "pretrained-source"
-    student, report = convert(teacher, cumulative_mean_mixer, {}, 40, init_from=source)
+    student, report = convert(teacher, mixer_plugins["cumulative-mean"], {}, 40, init_from=source)
     weights, source_weights = student.state_dict(), source.state_dict()
     assert report.initialised_from == "pretrained-source"
     assert all(torch.equal(weights[name], source_weights[name]) for name in report.copied)
@@ -176,7 +172,7 @@ def test_init_from_starts_the_student_from_another_checkpoint(
     assert not torch.equal(weights[name], teacher.state_dict()[name])
 
 
-def test_init_from_must_match_the_teacher(make_teacher, source_plugins, cumulative_mean_mixer):
+def test_init_from_must_match_the_teacher(make_teacher, source_plugins, mixer_plugins):
     from cald_framework.modeling import CaldModel
 
     source, config, head = TINY_MODELS["bert"]
@@ -185,36 +181,36 @@ def test_init_from_must_match_the_teacher(make_teacher, source_plugins, cumulati
     )
     message = "^init_from does not match the teacher: layers 3 != 2$"
     with pytest.raises(ConversionError, match=message):
-        convert(make_teacher("bert"), cumulative_mean_mixer, {}, 40, init_from=deeper)
+        convert(make_teacher("bert"), mixer_plugins["cumulative-mean"], {}, 40, init_from=deeper)
 
 
-def test_a_converted_model_is_not_converted_again(make_teacher, cumulative_mean_mixer):
-    student, _ = convert(make_teacher("bert"), cumulative_mean_mixer, {}, max_length=40)
+def test_a_converted_model_is_not_converted_again(make_teacher, mixer_plugins):
+    student, _ = convert(make_teacher("bert"), mixer_plugins["cumulative-mean"], {}, max_length=40)
     with pytest.raises(ConversionError, match="already has mixers \\('cumulative-mean'\\)"):
-        convert(student, cumulative_mean_mixer, {}, max_length=40)
+        convert(student, mixer_plugins["cumulative-mean"], {}, max_length=40)
 
 
-def test_a_bidirectional_mixer_is_refused_for_a_causal_source(make_teacher, bidirectional_mixer):
+def test_a_bidirectional_mixer_is_refused_for_a_causal_source(make_teacher, mixer_plugins):
     with pytest.raises(
         PluginError,
         match="^mixer 'bidirectional-mean' is bidirectional and cannot replace attention "
         "in the causal source 'gpt-neox'$",
     ):
-        convert(make_teacher("gpt-neox"), bidirectional_mixer, {}, max_length=40)
+        convert(make_teacher("gpt-neox"), mixer_plugins["bidirectional-mean"], {}, max_length=40)
 
 
-def test_unknown_mixer_options_are_one_line_plugin_errors(make_teacher, cumulative_mean_mixer):
+def test_unknown_mixer_options_are_one_line_plugin_errors(make_teacher, mixer_plugins):
     with pytest.raises(PluginError, match="^mixer 'cumulative-mean' options: rank: Extra inputs"):
-        convert(make_teacher("bert"), cumulative_mean_mixer, {"rank": 3}, max_length=40)
+        convert(make_teacher("bert"), mixer_plugins["cumulative-mean"], {"rank": 3}, max_length=40)
 
 
 @pytest.mark.parametrize("case", ["bert", "wav2vec2"])
 def test_converted_models_build_no_attention_masks(
-    case, make_teacher, make_inputs, cumulative_mean_mixer, monkeypatch
+    case, make_teacher, make_inputs, monkeypatch, mixer_plugins
 ):
     from transformers import masking_utils
 
-    student, _ = convert(make_teacher(case), cumulative_mean_mixer, {}, max_length=40)
+    student, _ = convert(make_teacher(case), mixer_plugins["cumulative-mean"], {}, max_length=40)
     built = []
 
     def counting(original):

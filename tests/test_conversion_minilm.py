@@ -26,7 +26,10 @@ def checkpoint() -> str:
 @pytest.fixture(scope="module")
 def teacher(checkpoint, source_plugins) -> CaldModel:
     model = CaldModel.from_source(
-        "bert", checkpoint, HeadSpec("classification", 2), max_length=64,
+        "bert",
+        checkpoint,
+        HeadSpec("classification", 2),
+        max_length=64,
         source=source_plugins["bert"],
     )
     return model.eval()
@@ -49,8 +52,8 @@ def test_the_teacher_holds_exactly_the_checkpoint_weights(teacher, checkpoint):
             assert torch.equal(weights[name], stored.get_tensor(name)), name
 
 
-def test_conversion_transfers_everything_but_the_attention_cores(teacher, low_rank_mixer):
-    student, report = convert(teacher, low_rank_mixer, {}, max_length=64)
+def test_conversion_transfers_everything_but_the_attention_cores(teacher, mixer_plugins):
+    student, report = convert(teacher, mixer_plugins["low-rank"], {}, max_length=64)
     assert report.unexpected_missing == [] and report.unexpected_new == []
     assert len(report.dropped) == 6 * 6  # query/key/value weight and bias in each of 6 layers
     assert all(".attention.self." in name for name in report.dropped)
@@ -59,8 +62,8 @@ def test_conversion_transfers_everything_but_the_attention_cores(teacher, low_ra
     assert "shared.E.weight" in report.new
 
 
-def test_the_converted_student_runs_on_tokenized_text(teacher, batch, low_rank_mixer):
-    student, _ = convert(teacher, low_rank_mixer, {}, max_length=64)
+def test_the_converted_student_runs_on_tokenized_text(teacher, batch, mixer_plugins):
+    student, _ = convert(teacher, mixer_plugins["low-rank"], {}, max_length=64)
     output = student.eval()(**batch)
     assert tuple(output.logits.shape) == (2, 2)
     assert len(output.hidden_states) == 7
@@ -68,10 +71,8 @@ def test_the_converted_student_runs_on_tokenized_text(teacher, batch, low_rank_m
     assert torch.equal(output.hidden_mask, batch["attention_mask"].bool())
 
 
-def test_an_exact_attention_student_reproduces_the_real_teacher(
-    teacher, batch, exact_attention_mixer
-):
-    student, _ = convert(teacher, exact_attention_mixer, {}, max_length=64)
+def test_an_exact_attention_student_reproduces_the_real_teacher(teacher, batch, mixer_plugins):
+    student, _ = convert(teacher, mixer_plugins["exact-attention"], {}, max_length=64)
     expected, got = teacher(**batch), student.eval()(**batch)
     valid = expected.hidden_mask
     last, expected_last = got.hidden_states[-1][valid], expected.hidden_states[-1][valid]

@@ -48,7 +48,7 @@ def test_hidden_states_selects_the_requested_layers(extractors, options, expecte
     output = _output()
     extracted = _extract(extractors, "hidden_states", output, **options)
     assert len(extracted.layers) == len(expected)
-    for state, index in zip(extracted.layers, expected):
+    for state, index in zip(extracted.layers, expected, strict=True):
         assert state is output.hidden_states[index]
     assert extracted.mask is output.hidden_mask
 
@@ -69,7 +69,7 @@ def test_layernorm_uses_the_same_selection_as_hidden_states(extractors):
     plain = _extract(extractors, "hidden_states", output, skip_last=True)
     normed = _extract(extractors, "layernorm", output, skip_last=True)
     assert len(normed.layers) == len(plain.layers) == 2
-    for state, raw in zip(normed.layers, plain.layers):
+    for state, raw in zip(normed.layers, plain.layers, strict=True):
         torch.testing.assert_close(state, torch.nn.functional.layer_norm(raw, (4,)))
 
 

@@ -45,13 +45,12 @@ def test_a_saved_teacher_reloads_with_identical_outputs(
 
 @pytest.mark.parametrize(
     ("case", "mixer"),
-    [("gpt-neox", "cumulative_mean_mixer"), ("bert", "exact_attention_mixer"),
-     ("wav2vec2", "low_rank_mixer")],
+    [("gpt-neox", "cumulative-mean"), ("bert", "exact-attention"), ("wav2vec2", "low-rank")],
 )
 def test_a_saved_student_reloads_through_its_mixer_plugin_with_identical_outputs(
-    case, mixer, tmp_path, make_teacher, make_inputs, source_plugins, request
+    case, mixer, tmp_path, make_teacher, make_inputs, source_plugins, mixer_plugins
 ):
-    plugin = request.getfixturevalue(mixer)
+    plugin = mixer_plugins[mixer]
     student, _ = convert(make_teacher(case).float(), plugin, {}, max_length=40)
     student.eval()
     inputs = make_inputs(case)
@@ -64,26 +63,27 @@ def test_a_saved_student_reloads_through_its_mixer_plugin_with_identical_outputs
 
 
 def test_shared_and_tied_tensors_stay_shared_after_reloading(
-    tmp_path, make_teacher, source_plugins, cumulative_mean_mixer
+    tmp_path, make_teacher, source_plugins, mixer_plugins
 ):
-    student, _ = convert(make_teacher("llama").float(), cumulative_mean_mixer, {}, max_length=40)
-    reloaded = _reload(student, tmp_path, source_plugins, mixer=cumulative_mean_mixer)
+    student, _ = convert(
+        make_teacher("llama").float(), mixer_plugins["cumulative-mean"], {}, max_length=40
+    )
+    reloaded = _reload(student, tmp_path, source_plugins, mixer=mixer_plugins["cumulative-mean"])
     backbone = reloaded.backbone
     assert backbone.lm_head.weight is backbone.model.embed_tokens.weight
     mixers = [layer.self_attn.mixer for layer in backbone.model.layers]
     assert all(mixer.scale is reloaded.shared["scale"] for mixer in mixers)
 
 
-def test_the_config_records_what_rebuilds_the_model(tmp_path, make_teacher, cumulative_mean_mixer):
+def test_the_config_records_what_rebuilds_the_model(tmp_path, make_teacher, mixer_plugins):
     teacher = make_teacher("bert")
     teacher.config.task_metadata = {"labels": ["negative", "neutral", "positive"]}
-    student, _ = convert(teacher, cumulative_mean_mixer, {}, max_length=32)
+    student, _ = convert(teacher, mixer_plugins["cumulative-mean"], {}, max_length=32)
     student.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "cald"
-    assert (saved["source"], saved["mixer"], saved["mixer_options"]) == (
-        "bert", "cumulative-mean", {}
-    )
+    assert saved["source"] == "bert"
+    assert (saved["mixer"], saved["mixer_options"]) == ("cumulative-mean", {})
     assert saved["head"] == {"kind": "classification", "num_labels": 3}
     assert saved["max_sequence_length"] == 32
     assert saved["task_metadata"] == {"labels": ["negative", "neutral", "positive"]}
@@ -111,8 +111,8 @@ def test_weights_that_do_not_fit_the_config_are_a_checkpoint_error(
         CaldModel.from_pretrained(tmp_path, source=source_plugins["bert"])
 
 
-def test_hidden_states_carry_gradients_into_the_mixers(make_teacher, make_inputs, low_rank_mixer):
-    student, _ = convert(make_teacher("bert"), low_rank_mixer, {}, max_length=40)
+def test_hidden_states_carry_gradients_into_the_mixers(make_teacher, make_inputs, mixer_plugins):
+    student, _ = convert(make_teacher("bert"), mixer_plugins["low-rank"], {}, max_length=40)
     output = student.train()(**make_inputs("bert"))
     output.hidden_states[1].pow(2).mean().backward()
     first_layer = student.backbone.encoder.layer[0].attention.self.mixer
@@ -122,9 +122,11 @@ def test_hidden_states_carry_gradients_into_the_mixers(make_teacher, make_inputs
 
 
 def test_activation_checkpointing_keeps_outputs_and_gradients(
-    make_teacher, make_inputs, cumulative_mean_mixer
+    make_teacher, make_inputs, mixer_plugins
 ):
-    student, _ = convert(make_teacher("gpt-neox"), cumulative_mean_mixer, {}, max_length=40)
+    student, _ = convert(
+        make_teacher("gpt-neox"), mixer_plugins["cumulative-mean"], {}, max_length=40
+    )
     inputs = make_inputs("gpt-neox")
     plain = student.train()(**inputs)
     plain.hidden_states[1].sum().backward()

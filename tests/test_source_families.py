@@ -67,7 +67,7 @@ def test_hidden_states_are_the_residual_stream_before_any_final_norm(
     ours = teacher(**inputs).hidden_states
     reference = teacher.backbone.base_model(**inputs, output_hidden_states=True)
     assert len(reference.hidden_states) == len(ours)
-    for mine, theirs in zip(ours[:-1], reference.hidden_states[:-1]):
+    for mine, theirs in zip(ours[:-1], reference.hidden_states[:-1], strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
     norm_path = FINAL_NORMS.get(case)
     last = ours[-1] if norm_path is None else _module(teacher.backbone, norm_path)(ours[-1])

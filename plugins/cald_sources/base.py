@@ -28,6 +28,7 @@ from cald_framework.errors import CaldError, CheckpointError
 
 from .wiring import NO_ATTENTION, MixerSlot
 
+
 def locate(model: str) -> tuple[str, dict[str, str]]:
     """Split a model reference into a ``from_pretrained`` location and extra arguments.
 

@@ -6,6 +6,7 @@ dense and LayerNorm (``layer.attention.output``) stay and are transferred.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from cald_framework.contracts import AttentionProjections, AttentionSlot
@@ -34,5 +35,32 @@ class BertFamily(TransformersFamily):
         return super().adopt(backbone)
 
     def projections(self, slot: AttentionSlot) -> AttentionProjections:
-        attention = getattr(slot.parent, slot.attribute)
+        attention = slot.module
         return AttentionProjections(attention.query, attention.key, attention.value)
+
+    def extend_positions(self, backbone: nn.Module, length: int) -> bool:
+        """Grow the absolute position table to ``length`` positions with N(0, initializer_range)
+        rows, and the ``position_ids``/``token_type_ids`` buffers with it.
+
+        RoBERTa-style tables (embeddings with a ``padding_idx``) number positions from
+        ``padding_idx + 1``, so they need that many rows more.
+        """
+        embeddings = backbone.base_model.embeddings
+        table = embeddings.position_embeddings
+        offset = getattr(embeddings, "padding_idx", None)
+        rows = length if offset is None else length + offset + 1
+        if table.num_embeddings >= rows:
+            return False
+        weight = table.weight.detach()
+        extra = torch.empty(rows - table.num_embeddings, weight.shape[1], dtype=weight.dtype)
+        extra.normal_(0.0, backbone.config.initializer_range)
+        grown = nn.Embedding.from_pretrained(
+            torch.cat([weight, extra.to(weight.device)]), freeze=False, padding_idx=table.padding_idx
+        )
+        embeddings.position_embeddings = grown
+        positions = torch.arange(rows, device=weight.device).expand(1, -1)
+        embeddings.position_ids = positions
+        if getattr(embeddings, "token_type_ids", None) is not None:
+            embeddings.token_type_ids = torch.zeros_like(positions)
+        backbone.config.max_position_embeddings = rows
+        return True

@@ -19,7 +19,7 @@ class GPTNeoXFamily(CausalTextFamily):
     attention_path = "attention"
 
     def projections(self, slot: AttentionSlot) -> AttentionProjections:
-        attention = getattr(slot.parent, slot.attribute)
+        attention = slot.module
         query, key, value = split_per_head(
             attention.query_key_value, attention.config.num_attention_heads, parts=3
         )

@@ -19,7 +19,7 @@ class LlamaFamily(CausalTextFamily):
     attention_path = "self_attn"
 
     def projections(self, slot: AttentionSlot) -> AttentionProjections:
-        attention = getattr(slot.parent, slot.attribute)
+        attention = slot.module
         kv_heads = attention.config.num_key_value_heads
         groups = attention.config.num_attention_heads // kv_heads
         return AttentionProjections(

@@ -47,14 +47,12 @@ class Wav2Vec2Family(TransformersFamily):
         return 3 if backbone.config.model_type == "wavlm" else 2
 
     def projections(self, slot: AttentionSlot) -> AttentionProjections:
-        attention = getattr(slot.parent, slot.attribute)
+        attention = slot.module
         return AttentionProjections(
             attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
         )
 
-    def hidden_mask(
-        self, backbone: nn.Module, inputs: Mapping[str, torch.Tensor]
-    ) -> torch.Tensor:
+    def hidden_mask(self, backbone: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         values = self.model_inputs(inputs)["input_values"]
         batch, samples = values.shape
         mask = inputs.get("attention_mask")
