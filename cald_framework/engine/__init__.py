@@ -1,0 +1,43 @@
+"""The training engine: the loop, losses, LR schedules, checkpoints and the guidance interface."""
+
+from .evaluation import evaluate
+from .finetune import FinetuneResult, finetune_teacher, save_model
+from .guidance import (
+    FrozenTeacherSchedule,
+    GuidanceContext,
+    GuidanceSchedule,
+    GuidanceSetup,
+    StepPlan,
+    TaskOnly,
+    TeacherSources,
+    Waypoint,
+    run_frozen,
+)
+from .losses import LossConfig, LossWeights
+from .tensorfiles import read_tensors, write_tensors
+from .trainer import StepEnd, TrainResult, train
+from .waypoints import read_manifest
+
+__all__ = [
+    "FinetuneResult",
+    "FrozenTeacherSchedule",
+    "GuidanceContext",
+    "GuidanceSchedule",
+    "GuidanceSetup",
+    "LossConfig",
+    "LossWeights",
+    "StepEnd",
+    "StepPlan",
+    "TaskOnly",
+    "TeacherSources",
+    "TrainResult",
+    "Waypoint",
+    "evaluate",
+    "finetune_teacher",
+    "read_manifest",
+    "read_tensors",
+    "run_frozen",
+    "save_model",
+    "train",
+    "write_tensors",
+]

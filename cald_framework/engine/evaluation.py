@@ -1,0 +1,36 @@
+"""Evaluation of a model (student or teacher) on a task's evaluation set."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..contracts import Task, TaskData
+from .batching import make_loader, sequential_batches, to_device
+from .precision import Precision
+
+
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    data: TaskData,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision | None = None,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """The task's metrics over ``data.eval``, in eval mode; the model's mode is restored after."""
+    accumulator = task.metrics()
+    batches = sequential_batches(len(data.eval), batch_size)
+    autocast = precision.autocast() if precision else torch.autocast(device.type, enabled=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in make_loader(data.eval, batches, data.collate, num_workers, seed=0):
+                batch = to_device(batch, device)
+                accumulator.update(model(**batch["inputs"]), batch)
+    finally:
+        model.train(was_training)
+    return {name: float(value) for name, value in accumulator.compute().items()}

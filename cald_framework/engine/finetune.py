@@ -1,0 +1,96 @@
+"""Fine-tuning the teacher on the task: the target teacher and the waypoints along the way.
+
+It is the same loop as the student's, without a teacher (task loss only). After each step
+``k * (S // n)`` the weights are saved as a waypoint (before that step's checkpoint, so a
+resumed run never misses one), and ``waypoints.json`` lists those saved so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import PartialState
+from torch import nn
+
+from ..contracts import Task, TaskData
+from ..spec.sections import EvaluationSection, TrainingSection
+from .guidance import Waypoint
+from .losses import LossConfig, LossWeights
+from .tensorfiles import write_tensors
+from .trainer import StepEnd, train
+from .waypoints import MANIFEST, waypoint_steps, write_manifest
+
+TARGET_DIR = "target"
+WAYPOINTS_DIR = "waypoints"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    #: the fine-tuned teacher (``save_pretrained`` format, or ``model.safetensors``)
+    target_dir: Path
+    #: ``waypoints.json``, listing the waypoint files by step
+    manifest_path: Path
+    #: evaluation metrics of the saved target
+    metrics: dict[str, float]
+
+
+class _WaypointSaver:
+    def __init__(self, output_dir: Path, count: int):
+        self.output_dir = output_dir
+        self.count = count
+
+    def __call__(self, end: StepEnd) -> None:
+        steps = waypoint_steps(end.total_steps, self.count)
+        if end.step not in steps or not end.is_main_process:
+            return
+        path = self.output_dir / WAYPOINTS_DIR / f"step-{end.step:08d}.safetensors"
+        write_tensors(path, end.model.state_dict())
+        saved = [s for s in steps if s <= end.step]
+        waypoints = [
+            Waypoint(s, self.output_dir / WAYPOINTS_DIR / f"step-{s:08d}.safetensors") for s in saved
+        ]
+        write_manifest(self.output_dir, end.total_steps, waypoints)
+
+
+def save_model(model: nn.Module, directory: Path) -> None:
+    """``save_pretrained`` when the model has it, else its state dict as ``model.safetensors``."""
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if callable(save_pretrained):
+        save_pretrained(directory)
+    else:
+        write_tensors(directory / "model.safetensors", model.state_dict())
+
+
+def finetune_teacher(
+    teacher: nn.Module,
+    task: Task,
+    data: TaskData,
+    *,
+    training: TrainingSection,
+    evaluation: EvaluationSection,
+    output_dir: Path,
+    num_waypoints: int,
+    seed: int,
+    resume: bool = False,
+) -> FinetuneResult:
+    """Fine-tune ``teacher`` (the source model with the task's head) and save target and waypoints."""
+    output_dir = Path(output_dir)
+    result = train(
+        teacher,
+        task,
+        data,
+        training=training,
+        evaluation=evaluation,
+        loss=LossConfig(weights=LossWeights(task=1.0)),
+        output_dir=output_dir,
+        seed=seed,
+        resume=resume,
+        on_step_end=_WaypointSaver(output_dir, num_waypoints),
+    )
+    state = PartialState()
+    target_dir = output_dir / TARGET_DIR
+    if state.is_main_process:
+        save_model(teacher, target_dir)
+    state.wait_for_everyone()
+    return FinetuneResult(target_dir, output_dir / MANIFEST, result.model_metrics)

@@ -1,0 +1,126 @@
+"""Where a run reports: ``metrics.jsonl``, a progress bar and the trackers named in the spec.
+
+Only the main process writes. ``metrics.jsonl`` holds one JSON object per event (``train``,
+``eval``, ``nonfinite``, ``warning``), each with the ``step`` it belongs to; a resumed run first
+drops the events after its checkpoint, so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..errors import CaldError
+
+METRICS_FILE = "metrics.jsonl"
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+logger = logging.getLogger("cald_framework.engine")
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """A clear error now rather than an import error after the first steps."""
+    for name in trackers:
+        if not any(importlib.util.find_spec(package) for package in _TRACKER_PACKAGES[name]):
+            raise CaldError(
+                f"training.trackers names {name!r} but its package is not installed "
+                f"(pip install {_TRACKER_PACKAGES[name][0]})"
+            )
+
+
+def _json_ready(value: Any) -> Any:
+    """Non-finite floats as strings, since strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    return value
+
+
+def _drop_events_after(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+class Logbook:
+    """Reports of one run; on processes other than the main one every method does nothing."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        accelerator: Accelerator,
+        *,
+        total_steps: int,
+        start_step: int,
+        resumed: bool,
+        tracked: bool,
+    ):
+        self.active = accelerator.is_main_process
+        self.accelerator = accelerator
+        self.tracked = tracked
+        self.path = output_dir / METRICS_FILE
+        self.bar: tqdm | None = None
+        if not self.active:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if resumed:
+            _drop_events_after(self.path, start_step)
+        else:
+            self.path.unlink(missing_ok=True)
+        if tracked:
+            accelerator.init_trackers(output_dir.name)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not sys.stderr.isatty(),
+        )
+
+    def record(self, event: str, step: int, values: dict[str, Any]) -> None:
+        """Append an event to ``metrics.jsonl`` and send its numbers to the trackers."""
+        if not self.active:
+            return
+        line = json.dumps(_json_ready({"event": event, "step": step, **values}))
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+        if self.tracked:
+            flat = _flatten(values, prefix=f"{event}/")
+            self.accelerator.log({k: v for k, v in flat.items() if isinstance(v, (int, float))}, step=step)
+
+    def warn(self, step: int, message: str) -> None:
+        if self.active:
+            logger.warning(message)
+            self.record("warning", step, {"message": message})
+
+    def advance(self, postfix: dict[str, float] | None = None) -> None:
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.active and self.tracked:
+            self.accelerator.end_training()
+
+
+def _flatten(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

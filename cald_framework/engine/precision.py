@@ -1,0 +1,76 @@
+"""Mixed precision: autocast for forwards, and loss scaling for fp16.
+
+The engine handles precision itself rather than through ``Accelerator(mixed_precision=...)``:
+accelerate keeps that choice in a process-wide singleton, and one pipeline may fine-tune the
+teacher and train the student with different settings in the same process. It also lets the
+teacher's forward and the trajectory teacher's own updates use the same rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from ..errors import CaldError
+
+PrecisionName = Literal["fp32", "bf16", "fp16"]
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """Autocast context, backward and optimizer step for one precision on one device."""
+
+    def __init__(self, name: PrecisionName, device: torch.device):
+        if name == "fp16" and device.type != "cuda":
+            raise CaldError(
+                f"training.precision = 'fp16' needs a GPU (this run is on {device.type}); "
+                "use 'bf16' or 'fp32'"
+            )
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise CaldError("training.precision = 'bf16' is not supported by this GPU; use 'fp16'")
+        self.name = name
+        self.device_type = device.type
+        self.dtype = _DTYPES[name]
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.dtype is None:
+            yield
+        else:
+            with torch.autocast(self.device_type, dtype=self.dtype):
+                yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def unscale_and_clip(
+        self, optimizer: Optimizer, parameters: Iterable[nn.Parameter], max_norm: float | None
+    ) -> torch.Tensor | None:
+        """Bring gradients back to their true scale and clip them; the norm before clipping."""
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        if max_norm is None:
+            return None
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def step(self, optimizer: Optimizer, *, skip: bool = False) -> None:
+        """Take the optimizer step unless ``skip`` (fp16 also skips it when gradients overflowed)."""
+        if self.scaler:
+            if not skip:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+        elif not skip:
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler and state:
+            self.scaler.load_state_dict(state)
