@@ -17,7 +17,7 @@ from .errors import CaldError
 def accuracy(predictions: Sequence[Hashable], references: Sequence[Hashable]) -> float:
     """Fraction of positions where the prediction equals the reference."""
     _check_same_length(predictions, references)
-    return sum(p == r for p, r in zip(predictions, references)) / len(references)
+    return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def class_f1(
@@ -40,7 +40,7 @@ def _class_counts(
 ) -> tuple[Counter[Hashable], Counter[Hashable], Counter[Hashable]]:
     """Per class: true positives, times predicted, times present."""
     _check_same_length(predictions, references)
-    true_pos = Counter(p for p, r in zip(predictions, references) if p == r)
+    true_pos = Counter(p for p, r in zip(predictions, references, strict=True) if p == r)
     return true_pos, Counter(predictions), Counter(references)
 
 

@@ -94,8 +94,9 @@ def test_order_is_fixed_by_seed_and_epoch() -> None:
 
 
 def test_without_shuffle_the_order_is_the_same_every_epoch() -> None:
-    sampler = LengthGroupedBatchSampler([3, 1, 2, 5, 4], batch_size=2, shuffle=False,
-                                        megabatch_batches=1)
+    sampler = LengthGroupedBatchSampler(
+        [3, 1, 2, 5, 4], batch_size=2, shuffle=False, megabatch_batches=1
+    )
     assert _epoch(sampler, 0) == _epoch(sampler, 7) == [[0, 1], [3, 2], [4]]
 
 
@@ -107,8 +108,10 @@ def test_drop_last_drops_the_short_batch_of_each_megabatch() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"batch_size": 0}, "batch_size must be at least 1, got 0"),
-     ({"batch_size": 2, "max_tokens": 0}, "max_tokens must be at least 1, got 0")],
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"batch_size": 2, "max_tokens": 0}, "max_tokens must be at least 1, got 0"),
+    ],
 )
 def test_bad_arguments_are_refused(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
