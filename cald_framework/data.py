@@ -16,15 +16,16 @@ import torch
 def pad_sequences(sequences: Sequence[Any], pad_value: float = 0) -> torch.Tensor:
     """Stack arrays of different lengths along a new batch axis, right-padding the first axis.
 
-    Every row must have the same trailing shape; the dtype is that of the first row.
+    Every row must have the same trailing shape; the dtype is that of the first row. Rows are
+    copied once into the batch, so read-only (memory-mapped) arrays are fine.
     """
-    tensors = [torch.as_tensor(np.asarray(row)) for row in sequences]
-    longest = max(tensor.shape[0] for tensor in tensors)
-    first = tensors[0]
-    batch = first.new_full((len(tensors), longest, *first.shape[1:]), pad_value)
-    for index, tensor in enumerate(tensors):
-        batch[index, : tensor.shape[0]] = tensor
-    return batch
+    arrays = [np.asarray(row) for row in sequences]
+    longest = max(array.shape[0] for array in arrays)
+    first = arrays[0]
+    batch = np.full((len(arrays), longest, *first.shape[1:]), pad_value, dtype=first.dtype)
+    for index, array in enumerate(arrays):
+        batch[index, : array.shape[0]] = array
+    return torch.from_numpy(batch)
 
 
 def length_mask(lengths: Sequence[int]) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,14 @@ def test_pad_sequences_keeps_trailing_dimensions_and_float_dtype() -> None:
     assert batch.shape == (2, 4, 3) and batch.dtype == torch.float32
     assert torch.equal(batch[0, 2:], torch.full((2, 3), 0.5))
     assert torch.equal(batch[1], torch.full((4, 3), 2.0))
+
+
+def test_pad_sequences_accepts_read_only_arrays_without_warnings() -> None:
+    row = np.arange(3.0)
+    row.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pad_sequences([row, row[:1]]).tolist() == [[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]
 
 
 def test_length_mask_marks_a_prefix_of_each_row() -> None:
