@@ -99,6 +99,10 @@ class MixerContext:
     shared: nn.ModuleDict
     #: the replaced attention's projections, or ``None`` when building from a saved config
     projections: AttentionProjections | None = None
+    #: whether the replaced module applies the output projection itself (``False`` for BERT,
+    #: whose output dense stays in the layer); known even when ``projections`` is ``None``, so
+    #: a mixer ending in an output projection adds one exactly when the attention had it
+    output_projection: bool = True
 
 
 @runtime_checkable
@@ -315,6 +319,9 @@ class SourceFamily(ABC):
     #: ``True`` for autoregressive families (only causal mixers fit)
     causal: ClassVar[bool]
     modality: ClassVar[Literal["text", "audio"]]
+    #: ``False`` where the attention slot leaves the output projection outside (see
+    #: :attr:`MixerContext.output_projection`)
+    slot_has_output: ClassVar[bool] = True
 
     @abstractmethod
     def load_backbone(self, model: str, head: HeadSpec) -> nn.Module:

@@ -251,6 +251,7 @@ class CaldModel(PreTrainedModel):
                     causal=self.family.causal,
                     shared=self.shared,
                     projections=self.family.projections(slot) if with_projections else None,
+                    output_projection=self.family.slot_has_output,
                 )
                 mixer = plugin.build(validated, context)
                 mixer.to(device=reference.device, dtype=reference.dtype)
@@ -302,7 +303,8 @@ class CaldModel(PreTrainedModel):
         try:
             load_model(model, path / WEIGHTS_NAME, strict=True)
         except RuntimeError as error:
+            details = " ".join(str(error).split())
             raise CheckpointError(
-                f"{path / WEIGHTS_NAME} does not match its config: {str(error).splitlines()[0]}"
+                f"{path / WEIGHTS_NAME} does not match its config: {details[:500]}"
             ) from error
         return model.eval()

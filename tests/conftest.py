@@ -104,8 +104,17 @@ TINY_MODELS: dict[str, tuple[str, dict[str, Any], HeadSpec]] = {
         },
         HeadSpec("classification", 3),
     ),
-    "hubert": ("wav2vec2", {"model_type": "hubert", **_AUDIO}, HeadSpec("token_classification", 7)),
-    "wavlm": ("wav2vec2", {"model_type": "wavlm", **_AUDIO}, HeadSpec("classification", 3)),
+    # layer-normed feature encoders (as in the large checkpoints) see no padding at all
+    "hubert": (
+        "wav2vec2",
+        {"model_type": "hubert", "feat_extract_norm": "layer", **_AUDIO},
+        HeadSpec("token_classification", 7),
+    ),
+    "wavlm": (
+        "wav2vec2",
+        {"model_type": "wavlm", "feat_extract_norm": "layer", **_AUDIO},
+        HeadSpec("classification", 3),
+    ),
 }
 
 
@@ -168,11 +177,9 @@ class _ExactAttention(nn.Module):
         self.query = given.query if given else nn.Linear(width, width)
         self.key = given.key if given else nn.Linear(width, width)
         self.value = given.value if given else nn.Linear(width, width)
-        has_output = given is not None and given.output is not None
-        self.output = given.output if has_output else nn.Linear(width, width)
-        if given is not None and not has_output:
-            nn.init.eye_(self.output.weight)
-            nn.init.zeros_(self.output.bias)
+        self.output = None
+        if ctx.output_projection:
+            self.output = given.output if given else nn.Linear(width, width)
 
     def forward(self, states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         batch, time, width = states.shape
@@ -187,7 +194,8 @@ class _ExactAttention(nn.Module):
         if padding_mask is not None:
             allowed = allowed & padding_mask[:, None, None, :]
         mixed = scores.masked_fill(~allowed, -math.inf).softmax(-1) @ value
-        return self.output(mixed.transpose(1, 2).reshape(batch, time, width))
+        mixed = mixed.transpose(1, 2).reshape(batch, time, width)
+        return mixed if self.output is None else self.output(mixed)
 
 
 class _CumulativeMean(nn.Module):
@@ -232,8 +240,8 @@ class _LowRankAttention(_ExactAttention):
             for projection in (self.key, self.value)
         )
         scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
-        mixed = scores.softmax(-1) @ value
-        return self.output(mixed.transpose(1, 2).reshape(batch, time, width))
+        mixed = (scores.softmax(-1) @ value).transpose(1, 2).reshape(batch, time, width)
+        return mixed if self.output is None else self.output(mixed)
 
 
 @pytest.fixture(scope="session")

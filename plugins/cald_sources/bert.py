@@ -23,6 +23,7 @@ class BertFamily(TransformersFamily):
     input_names = ("input_ids", "attention_mask", "token_type_ids")
     layers_path = "encoder.layer"
     attention_path = "attention.self"
+    slot_has_output = False
 
     def adopt(self, backbone: nn.Module) -> nn.Module:
         if backbone.config.is_decoder:
