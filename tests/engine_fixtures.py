@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import random
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from cald_framework.contracts import (
     Task,
     TaskData,
 )
-from cald_framework.engine.tensorfiles import read_tensors
+from cald_framework.engine.guidance import Waypoint
+from cald_framework.engine.tensorfiles import read_tensors, write_tensors
+from cald_framework.engine.waypoints import write_manifest
 from cald_framework.spec.sections import EvaluationSection, TrainingSection
 
 VOCAB, WIDTH, LABELS = 12, 8, 2
@@ -75,17 +77,48 @@ class TinyModel(nn.Module):
 
 
 class Counting(nn.Module):
-    """Wraps a teacher and records each forward in a shared log as ``(name, calls so far)``."""
+    """Wraps a teacher: appends its name to a shared log at each forward, and notes how it ran."""
 
     def __init__(self, model: nn.Module, name: str, log: list[str]):
         super().__init__()
         self.model = model
         self.name = name
         self.log = log
+        #: ``(training, inference mode, grad enabled)`` of each forward
+        self.conditions: set[tuple[bool, bool, bool]] = set()
 
     def forward(self, **inputs: torch.Tensor) -> CaldOutput:
         self.log.append(self.name)
+        self.conditions.add(
+            (self.training, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        )
         return self.model(**inputs)
+
+
+def calls_per_step(log: list[str]) -> list[list[str]]:
+    """Split a call log at the ``"|"`` markers that :func:`mark_steps` appends after each step."""
+    steps: list[list[str]] = [[]]
+    for entry in log:
+        if entry == "|":
+            steps.append([])
+        else:
+            steps[-1].append(entry)
+    return steps[:-1]
+
+
+def mark_steps(log: list[str]) -> Callable[[Any], None]:
+    return lambda end: log.append("|")
+
+
+def make_waypoints(directory: Path, steps: tuple[int, ...] = (2, 4, 6)) -> list[Waypoint]:
+    """Waypoint files holding differently seeded tiny models, and their manifest."""
+    waypoints = []
+    for step in steps:
+        path = directory / f"step-{step:08d}.safetensors"
+        write_tensors(path, TinyModel(seed=100 + step).state_dict())
+        waypoints.append(Waypoint(step, path))
+    write_manifest(directory, steps[-1], waypoints)
+    return waypoints
 
 
 class Accuracy(MetricAccumulator):

@@ -1,0 +1,57 @@
+"""Modes with a frozen teacher: ``target`` always, ``hybrid`` until ``T_h``, then none."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from cald_framework.contracts import NoOptions, PluginOptions
+from cald_framework.engine.guidance import FrozenTeacherSchedule, GuidanceContext, StepPlan
+from cald_framework.engine.losses import LossWeights
+
+
+class TargetSchedule(FrozenTeacherSchedule):
+    """The fine-tuned target teacher gives targets at every step (Algorithm 1 of the paper)."""
+
+    def __init__(self, options: NoOptions, context: GuidanceContext):
+        super().__init__(context)
+        self.weights = context.weights
+
+    def plan(self, step: int) -> StepPlan:
+        if not self.weights.needs_teacher:
+            return StepPlan(self.weights, uses_teacher=False)
+        if self.teacher is None:
+            self.teacher = self.context.prepare_teacher(self.context.require("target")())
+        return StepPlan(self.weights, uses_teacher=True)
+
+
+class HybridOptions(PluginOptions):
+    #: guided steps: a number of steps, or a fraction of the run in (0, 1)
+    T_h: int | float = Field(gt=0)
+
+    @field_validator("T_h")
+    @classmethod
+    def _fraction_below_one(cls, value: int | float) -> int | float:
+        if isinstance(value, float) and value >= 1:
+            raise ValueError(
+                f"a fraction of the run must be below 1 (got {value}); write a whole number for steps"
+            )
+        return value
+
+    def switch_step(self, total_steps: int) -> int:
+        """The first unguided step."""
+        return round(self.T_h * total_steps) if isinstance(self.T_h, float) else self.T_h
+
+
+class HybridSchedule(TargetSchedule):
+    """Target guidance for the first ``T_h`` steps, then the task loss alone and no teacher."""
+
+    def __init__(self, options: HybridOptions, context: GuidanceContext):
+        super().__init__(NoOptions(), context)
+        self.switch = options.switch_step(context.total_steps)
+        self.unguided = LossWeights(task=context.weights.task)
+
+    def plan(self, step: int) -> StepPlan:
+        if step < self.switch:
+            return super().plan(step)
+        self.teacher = None  # frees the teacher for the rest of the run
+        return StepPlan(self.unguided, uses_teacher=False)
