@@ -7,12 +7,15 @@ parallel implementations are checked against something that shares none of their
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cald_framework.contracts import AttentionProjections, MixerContext
+from cald_mixers.mamba import MambaMixer, MambaOptions
+from cald_mixers.mamba2 import Mamba2Mixer, Mamba2Options
 
 
 def context(
@@ -36,6 +39,20 @@ def context(
         shared=nn.ModuleDict() if shared is None else shared,
         projections=projections,
     )
+
+
+def small_mamba(seed: int = 0, **options: object) -> MambaMixer:
+    """A float64 Mamba of width 8, small enough for step-by-step references."""
+    torch.manual_seed(seed)
+    merged = {"d_state": 4, "expand": 2, "d_conv": 3, **options}
+    return MambaMixer(MambaOptions(**merged), context(8, 2, causal=True)).double()
+
+
+def small_mamba2(seed: int = 0, **options: object) -> Mamba2Mixer:
+    """A float64 Mamba2 of width 8: 4 heads of 4 channels in 2 groups, chunks of 4."""
+    torch.manual_seed(seed)
+    merged = {"d_state": 4, "headdim": 4, "ngroups": 2, "chunk_size": 4, "d_conv": 3, **options}
+    return Mamba2Mixer(Mamba2Options(**merged), context(8, 2, causal=True)).double()
 
 
 def padded_batch(
@@ -79,6 +96,28 @@ def assert_steps_match_forward(mixer: nn.Module, states: torch.Tensor) -> None:
     torch.testing.assert_close(torch.stack(outputs, 1), mixer(states, None), rtol=0, atol=1e-10)
 
 
+def assert_matches_reference(
+    mixer: nn.Module,
+    reference: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    lengths: list[int],
+) -> None:
+    """Each sequence's valid outputs in a padded batch equal ``reference`` run on it alone."""
+    hidden, mask = padded_batch(lengths, mixer.in_proj.in_features)
+    out = mixer(hidden, mask)
+    for row, length in enumerate(lengths):
+        expected = reference(mixer, hidden[row : row + 1, :length])[0]
+        torch.testing.assert_close(out[row, :length], expected, atol=1e-6, rtol=0)
+
+
+def assert_float32_is_finite_and_close(mixer: nn.Module, time: int = 40) -> None:
+    """The float32 forward of a float64 ``mixer`` stays finite and close to the float64 one."""
+    hidden, _ = padded_batch([time], mixer.in_proj.in_features)
+    exact = mixer(hidden, None)
+    single = mixer.float()(hidden.float(), None)
+    assert torch.isfinite(single).all()
+    torch.testing.assert_close(single.double(), exact, atol=1e-4, rtol=1e-4)
+
+
 def softmax_attention(
     hidden: torch.Tensor, projections: AttentionProjections, num_heads: int
 ) -> torch.Tensor:
@@ -99,9 +138,7 @@ def causal_conv_silu(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """The depthwise causal convolution written as a sum over the kernel taps, then SiLU."""
     taps = conv.weight.shape[-1]
     padded = F.pad(x, (0, 0, taps - 1, 0))
-    mixed = sum(
-        padded[:, tap : tap + x.shape[1]] * conv.weight[:, 0, tap] for tap in range(taps)
-    )
+    mixed = sum(padded[:, tap : tap + x.shape[1]] * conv.weight[:, 0, tap] for tap in range(taps))
     if conv.bias is not None:
         mixed = mixed + conv.bias
     return F.silu(mixed)
@@ -123,3 +160,39 @@ def mamba_reference(mixer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         outputs.append((state * C[:, t, None, :]).sum(-1) + mixer.D * x[:, t])
     y = torch.stack(outputs, dim=1) * F.silu(gate)
     return mixer.out_proj(y)
+
+
+def mamba2_reference(mixer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Mamba2 (Dao & Gu 2024) with a Python loop over time and over heads, from its parameters."""
+    heads, headdim, groups, d_state = (
+        mixer.D.shape[0],
+        mixer.headdim,
+        mixer.ngroups,
+        mixer.d_state,
+    )
+    d_inner = heads * headdim
+    z, xbc, dt = mixer.in_proj(hidden).split(
+        [d_inner, d_inner + 2 * groups * d_state, heads], dim=-1
+    )
+    xbc = causal_conv_silu(mixer.conv1d, xbc)
+    x = xbc[..., :d_inner]
+    B = xbc[..., d_inner : d_inner + groups * d_state]
+    C = xbc[..., d_inner + groups * d_state :]
+    dt = F.softplus(dt + mixer.dt_bias)
+    A = -torch.exp(mixer.A_log)
+    batch, time, _ = hidden.shape
+    y = torch.zeros(batch, time, d_inner, dtype=hidden.dtype)
+    for head in range(heads):
+        group = head // (heads // groups)
+        channels = slice(head * headdim, (head + 1) * headdim)
+        states = slice(group * d_state, (group + 1) * d_state)
+        state = torch.zeros(batch, headdim, d_state, dtype=hidden.dtype)
+        for t in range(time):
+            step = dt[:, t, head, None, None]
+            state = torch.exp(step * A[head]) * state
+            state = state + step * x[:, t, channels, None] * B[:, t, None, states]
+            readout = (state * C[:, t, None, states]).sum(-1)
+            y[:, t, channels] = readout + mixer.D[head] * x[:, t, channels]
+    gated = (y * F.silu(z)).view(batch, time, groups, -1)
+    normed = gated / torch.sqrt(gated.pow(2).mean(-1, keepdim=True) + mixer.norm.eps)
+    return mixer.out_proj(normed.view(batch, time, d_inner) * mixer.norm.weight)

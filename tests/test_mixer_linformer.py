@@ -103,8 +103,11 @@ def test_share_layer_puts_one_projection_in_the_shared_dict_for_all_layers():
         )
         for index in range(3)
     )
-    weights = {id(p) for layer in model.layers for p in
-               (layer.key_projection.weight, layer.value_projection.weight)}
+    weights = {
+        id(p)
+        for layer in model.layers
+        for p in (layer.key_projection.weight, layer.value_projection.weight)
+    }
     assert weights == {id(model.shared["linformer"].weight)}
     names = list(model.state_dict())
     assert len(names) == len(set(names))
@@ -146,8 +149,12 @@ def test_teacher_projections_of_another_width_are_refused():
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"k": 0}, "k"), ({"share": "heads"}, "share"), ({"dropout": 1.0}, "dropout"),
-     ({"rank": 4}, "rank")],
+    [
+        ({"k": 0}, "k"),
+        ({"share": "heads"}, "share"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"rank": 4}, "rank"),
+    ],
 )
 def test_bad_options_are_refused_by_name(options, field):
     with pytest.raises(ValidationError, match=field):

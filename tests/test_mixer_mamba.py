@@ -12,21 +12,7 @@ from cald_framework.contracts import no_weight_decay_names
 from cald_mixers.mamba import MambaMixer, MambaOptions
 from cald_mixers.scan import linear_scan
 
-from .mixers_reference import (
-    assert_causal,
-    assert_padding_is_invisible,
-    assert_steps_match_forward,
-    context,
-    mamba_reference,
-    padded_batch,
-)
-
-
-def _mamba(d_model: int = 8, seed: int = 0, **options) -> MambaMixer:
-    torch.manual_seed(seed)
-    defaults = {"d_state": 4, "expand": 2, "d_conv": 3}
-    mixer = MambaMixer(MambaOptions(**{**defaults, **options}), context(d_model, 2, causal=True))
-    return mixer.double()
+from .mixers_reference import context, padded_batch, small_mamba
 
 
 @pytest.mark.parametrize("time", [1, 2, 5, 8, 13])
@@ -39,44 +25,26 @@ def test_the_scan_equals_the_sequential_recurrence_and_its_gradient(time):
         state = decay[:, t] * state + inputs[:, t]
         expected.append(state)
     torch.testing.assert_close(linear_scan(decay, inputs), torch.stack(expected, 1))
-    assert torch.autograd.gradcheck(
-        linear_scan, (decay.requires_grad_(), inputs.requires_grad_())
+    assert torch.autograd.gradcheck(linear_scan, (decay.requires_grad_(), inputs.requires_grad_()))
+
+
+def test_transformers_mamba_mixer_loads_the_same_weights_and_agrees():
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
+
+    mixer = small_mamba()
+    config = MambaConfig(
+        hidden_size=8,
+        state_size=4,
+        expand=2,
+        conv_kernel=3,
+        time_step_rank=mixer.dt_rank,
+        num_hidden_layers=1,
     )
-
-
-def test_forward_equals_the_naive_recurrence():
-    mixer = _mamba(bias=True)
-    hidden, _ = padded_batch([11, 11], 8)
-    expected = mamba_reference(mixer, hidden)
-    torch.testing.assert_close(mixer(hidden, None), expected, atol=1e-6, rtol=0)
-
-
-def test_padded_forward_equals_the_naive_recurrence_on_valid_positions():
-    mixer = _mamba()
-    hidden, mask = padded_batch([11, 6], 8)
-    out = mixer(hidden, mask)
-    for row, length in enumerate([11, 6]):
-        expected = mamba_reference(mixer, hidden[row : row + 1, :length])[0]
-        torch.testing.assert_close(out[row, :length], expected, atol=1e-6, rtol=0)
-
-
-def test_a_padded_batch_gives_each_sequence_its_own_output():
-    assert_padding_is_invisible(_mamba(bias=True), *padded_batch([10, 3, 7], 8))
-
-
-def test_future_tokens_never_change_past_outputs():
-    assert_causal(_mamba(), padded_batch([9, 9], 8)[0], cut=4)
-
-
-def test_the_recurrent_step_equals_the_parallel_forward():
-    assert_steps_match_forward(_mamba(d_conv=4), padded_batch([9, 9], 8)[0])
-
-
-def test_gradients_reach_every_parameter():
-    mixer = _mamba()
-    hidden, mask = padded_batch([7, 5], 8)
-    mixer(hidden, mask).square().sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixer.parameters())
+    theirs = HFMambaMixer(config, layer_idx=0).double().eval()
+    theirs.load_state_dict(mixer.state_dict())
+    hidden, _ = padded_batch([9, 9], 8)
+    torch.testing.assert_close(mixer(hidden, None), theirs(hidden), atol=1e-9, rtol=0)
 
 
 def test_shapes_follow_mambas_layout_and_dt_rank_defaults_to_a_sixteenth():

@@ -141,4 +141,3 @@ class LinformerMixer(nn.Module):
         )
         mixed = mixed.transpose(1, 2).flatten(2)
         return mixed if self.output is None else self.output(mixed)
-

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from cald_framework.contracts import MixerContext
 
@@ -23,7 +23,12 @@ from .conv import CausalConvSiLU
 from .kernels import CudaKernels, cuda_kernels
 from .padding import zero_padding
 from .scan import linear_scan
-from .ssm_options import SsmOptions, exclude_from_weight_decay, time_step_bias
+from .ssm_options import (
+    SsmOptions,
+    at_least_float32,
+    exclude_from_weight_decay,
+    time_step_bias,
+)
 
 
 class MambaOptions(SsmOptions):
@@ -84,9 +89,7 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         exclude_from_weight_decay(self.A_log, self.D, self.dt_proj.bias)
 
-    def _selective_inputs(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _selective_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The token-dependent time step (before its bias), ``B`` and ``C``."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.linear(dt, self.dt_proj.weight), B, C
@@ -108,22 +111,15 @@ class MambaMixer(nn.Module):
         self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor
     ) -> torch.Tensor:
         """The selective scan in PyTorch, in at least float32 like the CUDA kernel."""
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
-        delta = F.softplus(dt + self.dt_proj.bias.to(dtype))
-        A = -torch.exp(self.A_log.to(dtype))
-        states = linear_scan(*_discretise(x, delta, A, B))
-        return _read_out(states, C) + x * self.D.to(dtype)
+        x, dt, B, C, bias, A_log, D = at_least_float32(
+            x, dt, B, C, self.dt_proj.bias, self.A_log, self.D
+        )
+        states = linear_scan(*_discretise(x, F.softplus(dt + bias), -torch.exp(A_log), B))
+        return _read_out(states, C) + x * D
 
     def _kernel_scan(
-        self,
-        kernels: CudaKernels,
-        x: torch.Tensor,
-        dt: torch.Tensor,
-        B: torch.Tensor,
-        C: torch.Tensor,
-        gate: torch.Tensor,
-    ) -> torch.Tensor:
+        self, kernels: CudaKernels, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, gate: Tensor
+    ) -> Tensor:
         """mamba-ssm's fused scan (gate included); it takes channels-first tensors."""
         mixed = kernels.selective_scan(
             x.transpose(1, 2),

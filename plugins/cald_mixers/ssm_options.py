@@ -1,4 +1,4 @@
-"""Options and initialisation shared by the Mamba-family mixers."""
+"""Options, initialisation and scan precision shared by the Mamba-family mixers."""
 
 from __future__ import annotations
 
@@ -39,8 +39,13 @@ def time_step_bias(size: int, options: SsmOptions) -> torch.Tensor:
     return dt + torch.log(-torch.expm1(-dt))  # softplus⁻¹(dt), stable for small dt
 
 
+def at_least_float32(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors in float32 or wider: scans accumulate long products (the kernels use fp32)."""
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return [tensor.to(dtype) for tensor in tensors]
+
+
 def exclude_from_weight_decay(*params: nn.Parameter) -> None:
     """Tag parameters (decay rates, skips, time-step biases) that weight decay would distort."""
     for param in params:
         param._no_weight_decay = True  # type: ignore[attr-defined]
-

@@ -1,0 +1,189 @@
+"""Mamba2: the SSD block (scalar decay per head, shared B/C per group) with a gated RMSNorm.
+
+``in_proj`` yields the gate ``z``, the convolved branch ``x | B | C`` and one time step per
+head; the scan output is normalised after gating (``norm(y * silu(z))``, per group) before
+``out_proj``, as in Mamba2. The initialisation is Mamba2's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from cald_framework.contracts import MixerContext
+from cald_framework.errors import SpecError
+
+from .conv import CausalConvSiLU
+from .kernels import CudaKernels, cuda_kernels
+from .padding import zero_padding
+from .ssd import ssd_scan
+from .ssm_options import (
+    SsmOptions,
+    at_least_float32,
+    exclude_from_weight_decay,
+    time_step_bias,
+)
+
+
+class Mamba2Options(SsmOptions):
+    """Options of the ``mamba2`` mixer (Mamba2's own defaults)."""
+
+    d_state: int = Field(128, gt=0, description="state size per head")
+    headdim: int = Field(64, gt=0, description="channels per head; must divide expand * d_model")
+    ngroups: int = Field(1, gt=0, description="groups sharing B and C; must divide the heads")
+    chunk_size: int = Field(256, gt=0, description="chunk length of the SSD scan")
+    A_init_range: tuple[float, float] = Field(
+        (1.0, 16.0), description="range of the initial decay rates -A (uniform)"
+    )
+
+    @model_validator(mode="after")
+    def _positive_decay_range(self) -> Mamba2Options:
+        low, high = self.A_init_range
+        if not 0 < low <= high:
+            raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
+        return self
+
+
+@dataclass
+class Mamba2State:
+    """The constant-size generation state: the convolution window and the SSM state."""
+
+    conv: torch.Tensor  #: ``[B, d_inner + 2 * ngroups * d_state, d_conv]``
+    ssm: torch.Tensor  #: ``[B, heads, headdim, d_state]``
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(y * silu(z))`` over groups of channels, with a learned scale (Mamba2's norm)."""
+
+    def __init__(self, width: int, groups: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.groups = groups
+        self.eps = eps
+
+    def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        dtype = y.dtype
+        gated = (y * F.silu(gate)).to(torch.promote_types(dtype, torch.float32))
+        grouped = gated.unflatten(-1, (self.groups, -1))
+        normed = grouped * torch.rsqrt(grouped.square().mean(-1, keepdim=True) + self.eps)
+        return normed.flatten(-2).to(dtype) * self.weight
+
+
+def _validated_shape(mixer: str, d_model: int, options: Mamba2Options) -> tuple[int, int]:
+    """``(d_inner, heads)``, refusing head and group counts that do not divide evenly."""
+    d_inner = options.expand * d_model
+    if d_inner % options.headdim:
+        raise SpecError(
+            f"{mixer}: headdim {options.headdim} must divide expand * d_model = "
+            f"{options.expand} * {d_model} = {d_inner}"
+        )
+    heads = d_inner // options.headdim
+    if heads % options.ngroups:
+        raise SpecError(
+            f"{mixer}: ngroups {options.ngroups} must divide the number of heads "
+            f"(expand * d_model / headdim = {heads})"
+        )
+    return d_inner, heads
+
+
+class Mamba2Mixer(nn.Module):
+    """A Mamba2 block as a causal sequence mixer, with a recurrent step for generation."""
+
+    def __init__(self, options: Mamba2Options, ctx: MixerContext, name: str = "mamba2"):
+        super().__init__()
+        d_inner, heads = _validated_shape(name, ctx.d_model, options)
+        self.headdim, self.d_state, self.ngroups = options.headdim, options.d_state, options.ngroups
+        self.chunk_size = options.chunk_size
+        conv_width = d_inner + 2 * options.ngroups * options.d_state
+        self.in_proj = nn.Linear(ctx.d_model, d_inner + conv_width + heads, bias=options.bias)
+        self.conv1d = CausalConvSiLU(conv_width, options.d_conv, bias=options.conv_bias)
+        self.dt_bias = nn.Parameter(time_step_bias(heads, options))
+        self.A_log = nn.Parameter(torch.empty(heads).uniform_(*options.A_init_range).log())
+        self.D = nn.Parameter(torch.ones(heads))
+        self.norm = GatedRMSNorm(d_inner, options.ngroups)
+        self.out_proj = nn.Linear(d_inner, ctx.d_model, bias=options.bias)
+        exclude_from_weight_decay(self.A_log, self.D, self.dt_bias)
+
+    def _split(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``in_proj`` output -> gate ``z``, the convolution input ``x | B | C``, and ``dt``."""
+        d_inner = self.out_proj.in_features
+        heads = self.D.shape[0]
+        return projected.split([d_inner, projected.shape[-1] - d_inner - heads, heads], dim=-1)
+
+    def _heads(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The convolved branch -> ``x [..., h, p]``, ``B, C [..., g, n]``."""
+        d_inner = self.out_proj.in_features
+        groups_width = self.ngroups * self.d_state
+        x, B, C = xbc.split([d_inner, groups_width, groups_width], dim=-1)
+        return (
+            x.unflatten(-1, (-1, self.headdim)),
+            B.unflatten(-1, (self.ngroups, self.d_state)),
+            C.unflatten(-1, (self.ngroups, self.d_state)),
+        )
+
+    def forward(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        gate, xbc, dt = self._split(self.in_proj(zero_padding(hidden_states, padding_mask)))
+        x, B, C = self._heads(self.conv1d(xbc))
+        kernels = cuda_kernels(x)
+        if kernels is None:
+            y = self._scan(x, dt, B, C).to(x.dtype)
+        else:
+            y = self._kernel_scan(kernels, x, dt, B, C)
+        return self.out_proj(self.norm(y.flatten(-2), gate))
+
+    def _scan(
+        self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+    ) -> torch.Tensor:
+        """The chunked SSD scan in PyTorch, in at least float32 like the CUDA kernel."""
+        x, dt, B, C, bias, A_log, D = at_least_float32(
+            x, dt, B, C, self.dt_bias, self.A_log, self.D
+        )
+        y = ssd_scan(x, F.softplus(dt + bias), -torch.exp(A_log), B, C, self.chunk_size)
+        return y + x * D.unsqueeze(-1)
+
+    def _kernel_scan(
+        self, kernels: CudaKernels, x: Tensor, dt: Tensor, B: Tensor, C: Tensor
+    ) -> Tensor:
+        """mamba-ssm's fused SSD scan (``D`` skip and time-step softplus included)."""
+        return kernels.chunk_scan(
+            x,
+            dt,
+            -torch.exp(self.A_log.float()),
+            B,
+            C,
+            self.chunk_size,
+            D=self.D.float(),
+            dt_bias=self.dt_bias.float(),
+            dt_softplus=True,
+        )
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Mamba2State:
+        heads = self.D.shape[0]
+        return Mamba2State(
+            conv=self.conv1d.init_window(batch_size, device, dtype),
+            ssm=torch.zeros(
+                batch_size, heads, self.headdim, self.d_state, device=device, dtype=dtype
+            ),
+        )
+
+    def step(
+        self, hidden_state: torch.Tensor, state: Mamba2State
+    ) -> tuple[torch.Tensor, Mamba2State]:
+        """One token ``[B, D]`` through the block: the recurrence the SSD scan evaluates."""
+        gate, xbc, dt = self._split(self.in_proj(hidden_state))
+        xbc, window = self.conv1d.step(xbc, state.conv)
+        x, B, C = self._heads(xbc)  # [B, h, p], [B, g, n], [B, g, n]
+        per_head = self.D.shape[0] // self.ngroups
+        B, C = B.repeat_interleave(per_head, dim=1), C.repeat_interleave(per_head, dim=1)
+        dt = F.softplus(dt + self.dt_bias)  # [B, h]
+        decay = torch.exp(dt * -torch.exp(self.A_log))[..., None, None]
+        ssm = decay * state.ssm + (dt.unsqueeze(-1) * x).unsqueeze(-1) * B.unsqueeze(-2)
+        y = (ssm @ C.unsqueeze(-1)).squeeze(-1) + x * self.D.unsqueeze(-1)
+        out = self.out_proj(self.norm(y.flatten(-2), gate))
+        return out, Mamba2State(conv=window, ssm=ssm)
