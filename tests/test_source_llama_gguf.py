@@ -1,4 +1,4 @@
-"""Llama teachers from GGUF files: a tiny model is written with the ``gguf`` package, then loaded."""
+"""Llama teachers from GGUF files: a tiny model is written with the gguf package, then loaded."""
 
 from __future__ import annotations
 
