@@ -186,7 +186,10 @@ class CaldModel(PreTrainedModel):
         task_metadata: Mapping[str, Any] | None = None,
         source: SourcePlugin | None = None,
     ) -> CaldModel:
-        """A teacher with pretrained weights from ``model`` (hub id, directory or GGUF file)."""
+        """A teacher with pretrained weights from ``model`` (hub id, directory or GGUF file).
+
+        Returned in eval mode, as ``from_pretrained`` returns models.
+        """
         plugin = source or _registries().sources.get(source_name)
         family = plugin.family()
         backbone = family.load_backbone(model, head)
@@ -198,7 +201,7 @@ class CaldModel(PreTrainedModel):
             task_metadata=dict(task_metadata or {}),
             source_model=model,
         )
-        return cls(config, source=plugin, backbone=backbone)
+        return cls(config, source=plugin, backbone=backbone).eval()
 
     @classmethod
     def from_source_config(

@@ -25,14 +25,13 @@ def checkpoint() -> str:
 
 @pytest.fixture(scope="module")
 def teacher(checkpoint, source_plugins) -> CaldModel:
-    model = CaldModel.from_source(
+    return CaldModel.from_source(
         "bert",
         checkpoint,
         HeadSpec("classification", 2),
         max_length=64,
         source=source_plugins["bert"],
     )
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +41,7 @@ def batch(checkpoint, source_plugins) -> dict[str, torch.Tensor]:
 
 
 def test_the_teacher_holds_exactly_the_checkpoint_weights(teacher, checkpoint):
+    assert not any(module.training for module in teacher.modules())
     weights = teacher.backbone.state_dict()
     with safe_open(f"{checkpoint}/model.safetensors", "pt") as stored:
         # the pooler is dropped (the host pools) and position_ids is a buffer, not a weight
