@@ -206,3 +206,22 @@ def test_a_mask_of_another_shape_is_refused(make_teacher, make_inputs):
     message = r"attention_mask \(2, 5\) does not match input_ids \(2, 9\)$"
     with pytest.raises(CaldError, match=message):
         make_teacher("bert")(**inputs)
+
+
+@pytest.mark.parametrize(("case", "rows"), [("bert", 60), ("roberta", 62)])
+def test_position_tables_grow_for_longer_inputs(case, rows, make_teacher, source_plugins):
+    teacher = make_teacher(case)
+    family = source_plugins["bert"].family()
+    table = teacher.backbone.embeddings.position_embeddings.weight.detach().clone()
+    assert family.extend_positions(teacher.backbone, 60) is True
+    grown = teacher.backbone.embeddings.position_embeddings.weight
+    assert grown.shape[0] == rows  # RoBERTa numbers positions from padding_idx + 1 = 2
+    assert torch.equal(grown[: table.shape[0]], table)
+    assert family.extend_positions(teacher.backbone, 60) is False
+    ids = torch.full((1, 60), 5)
+    assert teacher(input_ids=ids).hidden_states[-1].shape == (1, 60, 16)
+
+
+def test_families_without_a_position_table_need_no_growing(make_teacher, source_plugins):
+    teacher = make_teacher("llama")
+    assert source_plugins["llama"].family().extend_positions(teacher.backbone, 500) is False
