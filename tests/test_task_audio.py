@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import soundfile
 import torch
@@ -131,6 +133,33 @@ def test_speaker_id_reads_a_manifest_divided_by_a_split_column(tmp_path: Path, e
     assert metrics.compute() == {"accuracy": 0.5}
 
 
+def test_embedded_audio_of_a_datasets_audio_column_is_decoded_here(
+    tmp_path: Path, extractor
+) -> None:
+    # hub-style parquet: an Audio feature holding the file bytes, which datasets itself could
+    # only decode with torchcodec
+    clips = [write_tone(tmp_path / f"{name}.wav", 300, 0.05, 8000) for name in ("a", "b")]
+    audio = pa.array(
+        [{"bytes": clip.read_bytes(), "path": clip.name} for clip in clips],
+        type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
+    features = {"audio": {"_type": "Audio"}, "label": {"dtype": "string", "_type": "Value"}}
+    table = pa.table({"audio": audio, "label": ["x", "y"]}).replace_schema_metadata(
+        {"huggingface": json.dumps({"info": {"features": features}})}
+    )
+    pq.write_table(table, tmp_path / "clips.parquet")
+    task = AudioClassificationTask(
+        AudioClassificationOptions(
+            dataset="parquet",
+            data_files=str(tmp_path / "clips.parquet"),
+            eval_split=None,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    )
+    data = task.build_data(extractor, seed=0)
+    assert data.train_lengths == [800, 800]  # 0.05 s recorded at 8 kHz, resampled to 16 kHz
+
+
 def test_long_audio_is_cropped_or_rejected(tmp_path: Path, extractor) -> None:
     write_tone(tmp_path / "long.wav", 200, 0.5, RATE)
     write_tone(tmp_path / "short.wav", 200, 0.1, RATE)
@@ -200,7 +229,11 @@ def test_intent_metrics_derive_scenario_and_action_from_the_joint_prediction(
             cache_dir=str(tmp_path / "cache"),
         )
     )
-    assert task.build_data(extractor, seed=0).metadata["label_names"] == names
+    assert task.build_data(extractor, seed=0).metadata == {
+        "label_names": names,
+        "intent_separator": "_",
+        "skipped_rows": {"train": 0, "eval": 0},
+    }
     predicted = torch.tensor([0, 0, 3, 2])
     metrics = task.metrics()
     metrics.update(

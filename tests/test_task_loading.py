@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bz2
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -310,3 +312,23 @@ def test_the_plugin_registers_every_built_in_task() -> None:
         ("causal-lm", "text", "perplexity", False),
     }
     assert all(p.build.modality == p.modality for p in registered)
+
+
+def test_text_only_installs_load_the_plugin_and_audio_tasks_say_what_is_missing() -> None:
+    script = """
+import sys
+sys.modules["soundfile"] = None  # as if the speech extra were not installed
+sys.modules["scipy"] = None
+from cald_tasks import plugin
+from cald_tasks.audio import AudioInputs
+registered = []
+plugin.cald_register_tasks(register=registered.append)
+print(len(registered))
+AudioInputs(None, "audio", None, "crop")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout == "6\n"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cald_framework.errors.CaldError: audio tasks need the soundfile package: "
+        "pip install 'cald-framework[speech]'"
+    )

@@ -1,4 +1,4 @@
-"""The text tasks (text-classification, causal-lm) on tiny local files and a word-level tokenizer."""
+"""The text tasks (text-classification, causal-lm) on tiny local files, word-level tokenizer."""
 
 from __future__ import annotations
 

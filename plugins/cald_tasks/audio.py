@@ -5,20 +5,31 @@ Decoding is done here rather than by ``datasets``' ``Audio`` feature, which need
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import soundfile
-from scipy.signal import resample_poly
 
-from cald_framework.errors import DataError
+from cald_framework.errors import CaldError, DataError
 
 from .rows import PreprocessedInputs, RowProblem
 from .sources import Source
+
+
+def speech_module(name: str) -> ModuleType:
+    """An audio dependency, imported on first use so that text-only installs never need it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise CaldError(
+            f"audio tasks need the {name.split('.')[0]} package: "
+            "pip install 'cald-framework[speech]'"
+        ) from None
 
 
 def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -26,7 +37,8 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return wave
     divisor = math.gcd(from_rate, to_rate)
-    return resample_poly(wave, to_rate // divisor, from_rate // divisor).astype(np.float32)
+    signal = speech_module("scipy.signal")
+    return signal.resample_poly(wave, to_rate // divisor, from_rate // divisor).astype(np.float32)
 
 
 def read_audio(value: Any, base_dir: Path | None) -> tuple[np.ndarray, int]:
@@ -38,7 +50,7 @@ def read_audio(value: Any, base_dir: Path | None) -> tuple[np.ndarray, int]:
         return _decode(io.BytesIO(value["bytes"]), value.get("path") or "embedded audio")
     path = value.get("path") if isinstance(value, dict) else value
     if not path:
-        raise RowProblem("no audio path")
+        raise RowProblem("the audio cell has neither bytes nor a path")
     path = Path(path) if base_dir is None else base_dir / path
     if not path.is_file():
         raise RowProblem(f"cannot read audio file '{path}': no such file")
@@ -46,6 +58,7 @@ def read_audio(value: Any, base_dir: Path | None) -> tuple[np.ndarray, int]:
 
 
 def _decode(file: Path | io.BytesIO, name: str) -> tuple[np.ndarray, int]:
+    soundfile = speech_module("soundfile")
     try:
         samples, rate = soundfile.read(file, dtype="float32", always_2d=True)
     except soundfile.LibsndfileError as error:
@@ -78,6 +91,11 @@ class AudioInputs(PreprocessedInputs):
     max_seconds: float | None
     on_too_long: Literal["crop", "reject"]
     batch_size: ClassVar[int] = 32
+
+    def __post_init__(self) -> None:
+        # fail before any data is loaded, not on the first row
+        speech_module("soundfile")
+        speech_module("scipy.signal")
 
     @property
     def sampling_rate(self) -> int:

@@ -106,8 +106,12 @@ class ClassificationTask(Task):
         return splits.task_data(
             self.collator(inputs),
             HeadSpec("classification", len(labels.names)),
-            {"label_names": list(labels.names)},
+            self.metadata(labels),
         )
+
+    def metadata(self, labels: LabelIndex) -> dict[str, Any]:
+        """What the exported model keeps: the label of each output."""
+        return {"label_names": list(labels.names)}
 
     def loss(self, output: CaldOutput, batch: Mapping[str, Any]) -> torch.Tensor:
         return F.cross_entropy(upcast(output.logits), batch["labels"])

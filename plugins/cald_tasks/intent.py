@@ -16,7 +16,7 @@ import datasets
 from cald_framework.metrics import accuracy
 
 from .classification import ClassificationTask, Scores
-from .labels import Labeler, label_text, sorted_labels
+from .labels import Labeler, LabelIndex, label_text, sorted_labels
 from .modality import AudioModality
 from .options import IntentOptions
 from .rows import RowProblem
@@ -86,6 +86,9 @@ class IntentClassificationTask(AudioModality, ClassificationTask):
 
     def fixed_labels(self) -> list[str] | None:
         return None
+
+    def metadata(self, labels: LabelIndex) -> dict[str, Any]:
+        return {**super().metadata(labels), "intent_separator": self.options.intent_separator}
 
     def scores(self) -> Scores:
         return partial(intent_scores, self.built_labels(), self.options.intent_separator)

@@ -1,10 +1,13 @@
-"""Option models of the built-in tasks: one shared data block, mixed into each task's own fields."""
+"""Option models of the built-in tasks: one shared data block, mixed into each task's own fields.
+
+Each field's docstring becomes its description in the spec's JSON Schema, for editors.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from cald_framework.contracts import Location, PluginOptions
 
@@ -14,32 +17,37 @@ LOCAL_READERS = ("csv", "json", "parquet", "text", "audiofolder")
 DataFiles = Location | list[Location] | dict[str, Location | list[Location]]
 
 
-class DataOptions(PluginOptions):
+class DocumentedOptions(PluginOptions):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class DataOptions(DocumentedOptions):
     """Where the rows come from, which of them are used, and what a bad row does."""
 
-    #: a hub dataset id, or one of :data:`LOCAL_READERS` together with ``data_files``
     dataset: Location
-    #: the hub dataset's configuration name
+    """A hub dataset id, or a local reader (csv, json, parquet, text, audiofolder) that reads
+    data_files."""
     dataset_config: str | None = None
-    #: local files (or, for ``audiofolder``, directories); a dict maps split names to them,
-    #: anything else is the ``train`` split
+    """The hub dataset's configuration name."""
     data_files: DataFiles | None = None
+    """Local files (directories for audiofolder): a table of split name to files, or files that
+    make the train split."""
     train_split: str = "train"
-    #: a column that names each row's split: the rows of the ``train`` data (``data_files`` as
-    #: one file or a list, or the hub's ``train`` split) are divided by its value, matched
-    #: against ``train_split`` and ``eval_split``
     split_column: str | None = None
-    #: ``None``: no evaluation data
+    """A column naming each row's split: the train data (data_files as one file or a list, or the
+    hub's train split) is divided by its value, matched against train_split and eval_split."""
     eval_split: str | None = "validation"
-    #: carve this fraction of the training rows out as the evaluation split (seeded)
+    """The evaluation split; none: no evaluation data."""
     eval_from_train: float | None = Field(default=None, gt=0, lt=1)
-    #: keep only the first N rows of a split (after ``eval_from_train``)
+    """Carve this fraction of the training rows out for evaluation, with the experiment's seed."""
     max_train_samples: int | None = Field(default=None, ge=1)
+    """Use only the first N training rows."""
     max_eval_samples: int | None = Field(default=None, ge=1)
-    #: ``error`` stops at the first unusable row, naming its file and row; ``skip`` drops and counts
+    """Use only the first N evaluation rows."""
     on_bad_row: Literal["error", "skip"] = "error"
-    #: where ``datasets`` keeps loaded and preprocessed data (default: its own cache)
+    """error: stop at the first unusable row, naming its file and row; skip: drop and count."""
     cache_dir: str | None = None
+    """Where loaded and preprocessed data is cached (default: the datasets library's cache)."""
 
     @model_validator(mode="after")
     def _check_sources(self) -> DataOptions:
@@ -70,10 +78,10 @@ class TextOptions(DataOptions):
     text_column: str = "text"
 
 
-class LabelOptions(PluginOptions):
+class LabelOptions(DocumentedOptions):
     label_column: str = "label"
-    #: the label order (ids follow it); default: the training labels, sorted
     label_names: list[str] | None = Field(default=None, min_length=2)
+    """The labels in id order; default: the training labels, sorted (numerically if integers)."""
 
     @model_validator(mode="after")
     def _check_unique(self) -> LabelOptions:
@@ -83,17 +91,17 @@ class LabelOptions(PluginOptions):
 
 
 class AudioOptions(DataOptions):
-    #: a path (relative to the manifest's directory) or, for hub data, an audio dict
     audio_column: str = "audio"
+    """A path (relative to the manifest's directory) or, in hub data, an audio record."""
     max_seconds: float | None = Field(default=None, gt=0)
-    #: longer audio is cropped to ``max_seconds`` or rejected as a bad row
     on_too_long: Literal["crop", "reject"] = "crop"
+    """Audio longer than max_seconds is cropped, or rejected as a bad row."""
 
 
 class TextClassificationOptions(TextOptions, LabelOptions):
     text_pair_column: str | None = None
-    #: tokens per row; longer rows are truncated (pairs: the longer side first)
     max_length: int = Field(default=512, ge=2)
+    """Tokens per row; longer rows are truncated (a pair loses tokens from its longer side)."""
 
 
 class AudioClassificationOptions(AudioOptions, LabelOptions):
@@ -103,10 +111,10 @@ class AudioClassificationOptions(AudioOptions, LabelOptions):
 class IntentOptions(AudioOptions):
     scenario_column: str = "scenario"
     action_column: str = "action"
-    #: a single "scenario<separator>action" column instead of the two above
     intent_column: str | None = None
-    #: splits ``intent_column`` at its first occurrence
+    """One "scenario<separator>action" column instead of scenario_column and action_column."""
     intent_separator: str = Field(default="_", min_length=1)
+    """Joins scenario and action; an intent splits at its first occurrence."""
 
     @model_validator(mode="after")
     def _check_columns(self) -> IntentOptions:
@@ -118,13 +126,19 @@ class IntentOptions(AudioOptions):
 
 class CtcOptions(AudioOptions):
     transcript_column: str = "transcript"
-    #: the output tokens, id = position, blank first and "|" between words; or a file with them
-    #: (a JSON list, a JSON ``{token: id}`` object, or one token a line); default: ``<blank>``,
-    #: ``<unk>``, ``|`` and the characters of the training transcripts
     vocab: list[str] | Location | None = None
+    """The output tokens in id order (the blank first, "|" between words), or a file of them:
+    a JSON list, a JSON {token: id} object, or one token a line. Default: <blank>, <unk>, | and
+    the characters of the training transcripts."""
     text_case: Literal["keep", "lower", "upper"] = "keep"
+    """Case folding of transcripts, before the vocabulary is built or applied."""
 
 
 class CausalLMOptions(TextOptions):
-    #: tokens per training row; documents are joined with EOS and cut into blocks
     block_size: int = Field(default=1024, ge=2)
+    """Tokens per training row: documents are joined with EOS and cut into blocks of this size."""
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the model sees (what other tasks call max_length)."""
+        return self.block_size
