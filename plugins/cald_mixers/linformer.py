@@ -101,10 +101,10 @@ class LinformerMixer(nn.Module):
         self.query = _reused_linear(teacher and teacher.query, ctx.d_model, "query")
         self.key = _reused_linear(teacher and teacher.key, ctx.d_model, "key")
         self.value = _reused_linear(teacher and teacher.value, ctx.d_model, "value")
-        if teacher is None or teacher.output is not None:
-            self.output = _reused_linear(teacher and teacher.output, ctx.d_model, "output")
-        else:
-            self.output = None
+        has_output = ctx.output_projection if teacher is None else teacher.output is not None
+        self.output = (
+            _reused_linear(teacher and teacher.output, ctx.d_model, "output") if has_output else None
+        )
         self._set_projections(options, ctx)
 
     def _set_projections(self, options: LinformerOptions, ctx: MixerContext) -> None:
