@@ -302,6 +302,25 @@ def test_ctc_vocabulary_from_a_hugging_face_vocab_json(tmp_path: Path, extractor
     assert data.collate([data.train[0]])["labels"].tolist() == [[3, 4, 2, 3]]
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("vocab.txt", "<pad>\n|\na\n\nb\n"),
+        ("vocab.json", '["<pad>", "|", "a", "b"]'),
+        ("vocab.json", '{"b": 3, "<pad>": 0, "a": 2, "|": 1}'),
+    ],
+)
+def test_vocabulary_files(tmp_path: Path, name: str, content: str) -> None:
+    (tmp_path / name).write_text(content)
+    assert CharVocabulary.from_spec(str(tmp_path / name)).tokens == ("<pad>", "|", "a", "b")
+
+
+def test_vocabulary_json_ids_must_be_dense(tmp_path: Path) -> None:
+    (tmp_path / "vocab.json").write_text('{"<pad>": 0, "|": 2}')
+    with pytest.raises(DataError, match=r"vocab\.json: the ids must be 0\.\.1$"):
+        CharVocabulary.from_spec(str(tmp_path / "vocab.json"))
+
+
 def test_a_character_outside_a_vocabulary_without_unk_is_a_bad_row(
     tmp_path: Path, extractor
 ) -> None:

@@ -88,7 +88,7 @@ class PerplexityAccumulator(MetricAccumulator):
         self.tokens = 0
 
     def update(self, output: CaldOutput, batch: Mapping[str, Any]) -> None:
-        total, count = token_nll(output.logits, batch["labels"])
+        total, count = token_nll(output.logits.detach(), batch["labels"])
         self.total_nll += float(total)
         self.tokens += int(count)
 
