@@ -1,0 +1,295 @@
+"""``run``: the whole pipeline a spec asks for, from assets to the report.
+
+spec -> plugins resolve names -> task builds the data -> source loads the teacher -> (teacher
+fine-tuning, cached) -> mixer + source build the student -> guidance decides the teacher at each
+step -> engine trains, evaluates, checkpoints -> export + report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from . import __version__
+from .assets import resolve_references
+from .contracts import HeadSpec, PluginOptions, Task, TaskData
+from .conversion import convert
+from .engine.evaluation import evaluate_model
+from .engine.finetune import FinetuneResult, finetune_teacher
+from .engine.guidance import GuidanceSetup, TeacherSources, Waypoint
+from .engine.losses import LossConfig
+from .engine.tensorfiles import read_tensors
+from .engine.trainer import train
+from .engine.waypoints import read_waypoints
+from .errors import CaldError
+from .modeling import CaldModel
+from .report import RunResults, SpeedComparison, write_atomically, write_results
+from .spec import ValidatedSpec
+from .spec.toml_writer import dumps
+
+_DONE = "DONE.json"
+
+
+@dataclass
+class _Prepared:
+    """What every stage needs: resolved locations, the task and its data."""
+
+    validated: ValidatedSpec
+    output_dir: Path
+    teacher_model: str
+    task: Task
+    task_options: PluginOptions
+    data: TaskData
+    max_length: int | None
+
+    @property
+    def head(self) -> HeadSpec:
+        return self.data.head
+
+    def source_teacher(self) -> CaldModel:
+        spec = self.validated.spec
+        return CaldModel.from_source(
+            spec.teacher.source,
+            self.teacher_model,
+            self.head,
+            max_length=self.max_length,
+            task_metadata=self.data.metadata,
+            source=self.validated.source,
+        )
+
+
+def _resolve(validated: ValidatedSpec, value: Any) -> Any:
+    assets = validated.spec.assets
+    return resolve_references(value, assets) if value is not None else None
+
+
+def _prepare(validated: ValidatedSpec) -> _Prepared:
+    spec = validated.spec
+    output_dir = Path(spec.experiment.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(output_dir / "spec.toml", dumps(validated.document))
+    teacher_model = _resolve(validated, spec.teacher.model)
+    options_data = _resolve(validated, validated.task_options.model_dump(exclude_unset=True))
+    task_options = validated.task.options.model_validate(options_data)
+    task = validated.task.build(task_options)
+    preprocessor = validated.source.family().load_preprocessor(teacher_model)
+    data = task.build_data(preprocessor, spec.experiment.seed)
+    max_length = spec.student.max_length or getattr(task_options, "max_length", None)
+    return _Prepared(validated, output_dir, teacher_model, task, task_options, data, max_length)
+
+
+# ------------------------------------------------------------------ teacher fine-tuning
+
+
+def _cache_key(prepared: _Prepared) -> str:
+    """Everything the fine-tuned teacher depends on, hashed."""
+    validated = prepared.validated
+    spec = validated.spec
+    key = {
+        "source": spec.teacher.source,
+        "model": spec.teacher.model,
+        "task": spec.task.kind,
+        "task_options": prepared.task_options.model_dump(mode="json"),
+        "training": validated.teacher_training.model_dump(mode="json"),
+        "num_waypoints": spec.teacher.num_waypoints,
+        "seed": spec.experiment.seed,
+        "cald_framework": __version__,
+    }
+    encoded = json.dumps(key, sort_keys=True).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def _teacher_cache(prepared: _Prepared) -> Path:
+    configured = prepared.validated.spec.experiment.teacher_cache
+    root = Path(configured) if configured else prepared.output_dir / "teacher-cache"
+    return root / _cache_key(prepared)
+
+
+def _finetuned_teacher(prepared: _Prepared, resume: bool) -> tuple[FinetuneResult, float | None]:
+    """The cached fine-tuning run, or a new one; returns it and its wall time (``None`` if cached)."""
+    directory = _teacher_cache(prepared)
+    done = directory / _DONE
+    if done.is_file():
+        return FinetuneResult.from_dict(json.loads(done.read_text()), directory), None
+    started = time.perf_counter()
+    spec = prepared.validated.spec
+    result = finetune_teacher(
+        prepared.source_teacher(),
+        prepared.task,
+        prepared.data,
+        training=prepared.validated.teacher_training,
+        evaluation=spec.evaluation,
+        output_dir=directory,
+        num_waypoints=spec.teacher.num_waypoints,
+        seed=spec.experiment.seed,
+        resume=resume or directory.exists(),
+    )
+    write_atomically(done, json.dumps(result.to_dict(directory), indent=2))
+    return result, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------ speed
+
+
+def _median_forward_ms(model: torch.nn.Module, batch: dict[str, Any], repeats: int = 5) -> float:
+    inputs = batch["inputs"]
+    timings = []
+    with torch.inference_mode():
+        model(**inputs)  # warm-up
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(**inputs)
+            timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def measure_speed(teacher: torch.nn.Module, student: torch.nn.Module, batch: dict[str, Any]) -> SpeedComparison:
+    """One forward pass of each on the same batch, median of repeats after a warm-up."""
+    teacher.eval()
+    student.eval()
+    first = next(iter(batch["inputs"].values()))
+    return SpeedComparison(
+        batch_size=int(first.shape[0]),
+        length=int(first.shape[1]),
+        teacher_ms=_median_forward_ms(teacher, batch),
+        student_ms=_median_forward_ms(student, batch),
+    )
+
+
+def _longest_eval_batch(prepared: _Prepared, size: int) -> dict[str, Any]:
+    rows = [prepared.data.eval[index] for index in range(min(size, len(prepared.data.eval)))]
+    return prepared.data.collate(rows)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResults:
+    """Run every stage the spec asks for and write ``results.json`` and ``report.md``."""
+    started = time.perf_counter()
+    spec = validated.spec
+    prepared = _prepare(validated)
+    guidance = validated.guidance
+    init = validated.student_init
+
+    target_dir = _resolve(validated, spec.teacher.target)
+    waypoints: list[Waypoint] = []
+    finetune_seconds = None
+    needs_target = (guidance.needs_target_teacher or init == "target") and not target_dir
+    needs_waypoints = guidance.needs_waypoints and not spec.teacher.waypoints
+    if needs_target or needs_waypoints:
+        result, finetune_seconds = _finetuned_teacher(prepared, resume)
+        target_dir = target_dir or str(result.target_dir)
+        waypoints = result.waypoints
+    if spec.teacher.waypoints:
+        waypoints = read_waypoints(Path(_resolve(validated, spec.teacher.waypoints)))
+
+    source_teacher = prepared.source_teacher()
+    target_teacher = CaldModel.from_pretrained(target_dir) if target_dir else None
+
+    def load_target() -> CaldModel:
+        return CaldModel.from_pretrained(target_dir)
+
+    def load_waypoint(path: Path) -> CaldModel:
+        return _with_weights(prepared.source_teacher, path)
+
+    convert_from = target_teacher or source_teacher
+    init_from = source_teacher if (init == "source" and target_teacher is not None) else None
+    if init == "target" and target_teacher is None:
+        raise CaldError("student.init = 'target' needs a target teacher, but none was produced")
+    student, transfer = convert(
+        convert_from,
+        validated.mixer,
+        validated.mixer_options,
+        prepared.max_length or 0,
+        init_from=init_from,
+    )
+    transfer.save(prepared.output_dir / "transfer_report.json")
+
+    teachers = TeacherSources(
+        source=prepared.source_teacher,
+        target=load_target if target_dir else None,
+        waypoints=waypoints,
+        load_teacher=load_waypoint,
+        train_mode=spec.teacher.train_mode,
+    )
+    extractor = validated.extractor.build(validated.extractor_options)
+    trained = train(
+        student,
+        prepared.task,
+        prepared.data,
+        training=spec.training,
+        evaluation=spec.evaluation,
+        loss=LossConfig.from_section(spec.guidance),
+        guidance=GuidanceSetup(guidance, validated.guidance_options, teachers),
+        extractor=extractor,
+        output_dir=prepared.output_dir,
+        seed=spec.experiment.seed,
+        resume=resume,
+    )
+    student = trained.model
+    student.save_pretrained(prepared.output_dir / "student")
+
+    reference_teacher = target_teacher or source_teacher
+    teacher_metrics = (
+        evaluate_model(reference_teacher, prepared.task, prepared.data, spec.training)
+        if spec.evaluation.evaluate_teacher
+        else {}
+    )
+    speed = measure_speed(
+        reference_teacher, student, _longest_eval_batch(prepared, spec.training.batch_size)
+    )
+    results = RunResults(
+        experiment=spec.experiment.name,
+        task=spec.task.kind,
+        mode=guidance.name,
+        source=spec.teacher.source,
+        mixer=validated.mixer.name,
+        student_init=init,
+        primary_metric=trained.metric,
+        higher_is_better=prepared.task.higher_is_better,
+        teacher_metrics=teacher_metrics,
+        student_metrics=trained.metrics,
+        teacher_parameters=_count(reference_teacher),
+        student_parameters=_count(student),
+        steps=trained.steps,
+        train_wall_seconds=trained.wall_seconds,
+        total_wall_seconds=time.perf_counter() - started,
+        teacher_finetune_wall_seconds=finetune_seconds,
+        speed=speed,
+        paths={
+            "student": str(prepared.output_dir / "student"),
+            "transfer_report": str(prepared.output_dir / "transfer_report.json"),
+            "metrics": str(prepared.output_dir / "metrics.jsonl"),
+            "teacher": str(target_dir or prepared.teacher_model),
+        },
+        versions={
+            "cald_framework": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+    )
+    write_results(results, prepared.output_dir)
+    return results
+
+
+def _with_weights(build: Callable[[], CaldModel], path: Path) -> CaldModel:
+    """A fresh model from ``build`` holding the weights of a waypoint file."""
+    model = build()
+    model.load_state_dict(read_tensors(path))
+    return model
