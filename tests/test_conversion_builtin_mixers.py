@@ -59,21 +59,7 @@ def test_padding_never_reaches_the_valid_positions_of_a_converted_model(
         torch.testing.assert_close(with_padding[1, :frames], without[0], rtol=0, atol=1e-9)
 
 
-LINFORMER_OUTPUT_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="linformer adds an output projection when built without projections, ignoring "
-    "MixerContext.output_projection, so a BERT student (output dense outside the slot) "
-    "reloads with two tensors per layer that were never saved",
-)
-
-
-RELOAD_SCENARIOS = [
-    pytest.param(*scenario, marks=LINFORMER_OUTPUT_GAP if scenario[1] == "linformer" else ())
-    for scenario in SCENARIOS
-]
-
-
-@pytest.mark.parametrize(("case", "mixer", "options"), RELOAD_SCENARIOS)
+@pytest.mark.parametrize(("case", "mixer", "options"), SCENARIOS)
 def test_a_converted_model_reloads_by_plugin_names_alone(
     case, mixer, options, make_inputs, tmp_path
 ):
