@@ -89,7 +89,7 @@ def test_best_checkpoint_is_kept_and_restored(tmp_path: Path) -> None:
     assert kept == {f"step-{best_step:08d}", "step-00000006"}
     best = open_checkpoint(result.best_checkpoint).part("model")
     assert all(torch.equal(best[name], value) for name, value in model.state_dict().items())
-    assert result.model_metrics == result.best_metrics
+    assert result.metrics == result.best_metrics and result.model is model
 
 
 def test_evaluation_metric_must_exist(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, StepEnd, TeacherSources, train
 from cald_framework.engine.checkpoints import open_checkpoint
-from cald_framework.engine.waypoints import read_manifest
 from cald_framework.errors import CaldError
 from cald_framework.plugin_manager import load_registries
 from cald_guidance.plugin import MODES

@@ -1,6 +1,6 @@
 """The training engine: the loop, losses, LR schedules, checkpoints and the guidance interface."""
 
-from .evaluation import evaluate
+from .evaluation import evaluate, evaluate_model
 from .finetune import FinetuneResult, finetune_teacher, save_model
 from .guidance import (
     FrozenTeacherSchedule,
@@ -16,7 +16,7 @@ from .guidance import (
 from .losses import LossConfig, LossWeights
 from .tensorfiles import read_tensors, write_tensors
 from .trainer import StepEnd, TrainResult, train
-from .waypoints import read_manifest
+from .waypoints import read_waypoints
 
 __all__ = [
     "FinetuneResult",
@@ -33,9 +33,10 @@ __all__ = [
     "TrainResult",
     "Waypoint",
     "evaluate",
+    "evaluate_model",
     "finetune_teacher",
-    "read_manifest",
     "read_tensors",
+    "read_waypoints",
     "run_frozen",
     "save_model",
     "train",

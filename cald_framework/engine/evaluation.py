@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..contracts import Task, TaskData
+from ..spec.sections import TrainingSection
 from .batching import make_loader, sequential_batches, to_device
 from .precision import Precision
 
@@ -34,3 +35,29 @@ def evaluate(
     finally:
         model.train(was_training)
     return {name: float(value) for name, value in accumulator.compute().items()}
+
+
+def evaluate_model(
+    model: nn.Module,
+    task: Task,
+    data: TaskData,
+    training: TrainingSection,
+    *,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate` with the batch size, workers and precision of ``training``.
+
+    By default on this machine's accelerator (the model is moved there).
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    return evaluate(
+        model,
+        task,
+        data,
+        batch_size=training.eval_batch_size or training.batch_size,
+        device=device,
+        precision=precision or Precision(training.precision, device),
+        num_workers=training.num_workers,
+    )

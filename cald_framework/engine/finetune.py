@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accelerate import PartialState
 from torch import nn
@@ -19,7 +20,7 @@ from .guidance import Waypoint
 from .losses import LossConfig, LossWeights
 from .tensorfiles import write_tensors
 from .trainer import StepEnd, train
-from .waypoints import MANIFEST, waypoint_steps, write_manifest
+from .waypoints import MANIFEST, read_waypoints, waypoint_steps, write_manifest
 
 TARGET_DIR = "target"
 WAYPOINTS_DIR = "waypoints"
@@ -31,8 +32,23 @@ class FinetuneResult:
     target_dir: Path
     #: ``waypoints.json``, listing the waypoint files by step
     manifest_path: Path
+    waypoints: list[Waypoint]
     #: evaluation metrics of the saved target
     metrics: dict[str, float]
+
+    def to_dict(self, directory: Path) -> dict[str, Any]:
+        """JSON-ready, with paths relative to ``directory`` so that the run can move."""
+        return {
+            "target_dir": self.target_dir.relative_to(directory).as_posix(),
+            "manifest_path": self.manifest_path.relative_to(directory).as_posix(),
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], directory: Path) -> FinetuneResult:
+        """The inverse of :meth:`to_dict`; the waypoints are read back from the manifest."""
+        manifest = directory / data["manifest_path"]
+        return cls(directory / data["target_dir"], manifest, read_waypoints(manifest), data["metrics"])
 
 
 class _WaypointSaver:
@@ -93,4 +109,5 @@ def finetune_teacher(
     if state.is_main_process:
         save_model(teacher, target_dir)
     state.wait_for_everyone()
-    return FinetuneResult(target_dir, output_dir / MANIFEST, result.model_metrics)
+    manifest = output_dir / MANIFEST
+    return FinetuneResult(target_dir, manifest, read_waypoints(manifest), result.metrics)

@@ -87,8 +87,10 @@ def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a file written by :func:`write_tensors` (or any safetensors file) onto ``device``."""
+    target = torch.device(device)
+    where = "cpu" if target.type == "cpu" else str(target)  # safetensors refuses "cpu:0"
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+        with safe_open(str(path), framework="pt", device=where) as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             metadata = handle.metadata() or {}
     except (OSError, ValueError, RuntimeError) as error:

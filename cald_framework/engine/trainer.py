@@ -35,7 +35,7 @@ from ..errors import CaldError
 from ..spec.sections import EvaluationSection, TrainingSection
 from .batching import batch_rows, epoch_batches, make_loader, to_device, total_steps, updates_in
 from .checkpoints import checkpoint_name, latest_checkpoint, open_checkpoint, prune, remove_temporaries, save_checkpoint
-from .evaluation import evaluate
+from .evaluation import evaluate_model
 from .guidance import GuidanceContext, GuidanceSchedule, GuidanceSetup, StepPlan, TaskOnly, TeacherSources
 from .logbook import METRICS_FILE, Logbook, check_trackers
 from .losses import LossConfig, LossWeights, combine, kd_loss, ld_loss
@@ -72,8 +72,10 @@ class TrainResult:
     final_metrics: dict[str, float]
     best_metrics: dict[str, float]
     best_step: int
-    #: metrics of the weights the model holds on return (best or final, per ``select_best``)
-    model_metrics: dict[str, float]
+    #: the trained model (the student passed in) and the metrics of the weights it holds:
+    #: the best checkpoint's when ``evaluation.select_best``, else the final ones
+    model: nn.Module
+    metrics: dict[str, float]
     output_dir: Path
     metrics_path: Path
     last_checkpoint: Path
@@ -280,14 +282,13 @@ class _Run:
         """Metrics computed on the main process (exact for any metric) and shared with the rest."""
         holder: list[Any] = [None]
         if self.accelerator.is_main_process:
-            holder[0] = evaluate(
+            holder[0] = evaluate_model(
                 self.accelerator.unwrap_model(self.model),
                 self.task,
                 self.data,
-                batch_size=self.training.eval_batch_size or self.training.batch_size,
+                self.training,
                 device=self.device,
                 precision=self.precision,
-                num_workers=self.training.num_workers,
             )
         if self.world > 1:
             broadcast_object_list(holder)
@@ -489,7 +490,8 @@ class _Run:
             final_metrics=progress.last_metrics,
             best_metrics=progress.best_metrics,
             best_step=progress.best_step,
-            model_metrics=progress.best_metrics if select_best else progress.last_metrics,
+            model=self.student,
+            metrics=progress.best_metrics if select_best else progress.last_metrics,
             output_dir=self.output_dir,
             metrics_path=self.output_dir / METRICS_FILE,
             last_checkpoint=self.checkpoints / checkpoint_name(progress.step),

@@ -37,7 +37,7 @@ def write_manifest(directory: Path, total_steps: int, waypoints: list[Waypoint])
     return path
 
 
-def read_manifest(location: Path) -> list[Waypoint]:
+def read_waypoints(location: Path) -> list[Waypoint]:
     """The waypoints listed by a manifest (or the directory holding one), by increasing step."""
     path = location / MANIFEST if location.is_dir() else location
     try:
