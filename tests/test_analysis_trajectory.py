@@ -13,15 +13,7 @@ from cald_framework.analysis.snapshots import Snapshot
 from cald_framework.analysis.trajectory import embed, features, plot_trajectory, trajectory
 from cald_framework.errors import CaldError
 
-
-@pytest.fixture
-def bert(make_teacher):
-    return make_teacher("bert")
-
-
-@pytest.fixture
-def batches(make_inputs):
-    return [make_inputs("bert", seed=1), make_inputs("bert", seed=2)]
+from .test_analysis_drift import batches, bert  # noqa: F401 (fixtures)
 
 
 def _noisy(model, seed: int, scale: float):
