@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true")
 
     add("schema", _cmd_schema, "print the JSON Schema of the spec")
+
+    from .analysis.cli import add_analysis_commands
+
+    add_analysis_commands(commands)
     return parser
 
 
