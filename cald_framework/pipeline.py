@@ -12,7 +12,8 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,18 @@ from .spec.toml_writer import dumps
 _DONE = "DONE.json"
 
 
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Random initialisations (task heads, mixers) drawn from the spec's seed alone.
+
+    torch seeds itself differently in every process, so without this a run would not repeat,
+    and a resumed run would build a different student than the interrupted one.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 @dataclass
 class _Prepared:
     """What every stage needs: resolved locations, the task and its data."""
@@ -58,14 +71,15 @@ class _Prepared:
 
     def source_teacher(self) -> CaldModel:
         spec = self.validated.spec
-        return CaldModel.from_source(
-            spec.teacher.source,
-            self.teacher_model,
-            self.head,
-            max_length=self.max_length,
-            task_metadata=self.data.metadata,
-            source=self.validated.source,
-        )
+        with _seeded(spec.experiment.seed):
+            return CaldModel.from_source(
+                spec.teacher.source,
+                self.teacher_model,
+                self.head,
+                max_length=self.max_length,
+                task_metadata=self.data.metadata,
+                source=self.validated.source,
+            )
 
 
 def _resolve(validated: ValidatedSpec, value: Any) -> Any:
@@ -211,13 +225,14 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     init_from = source_teacher if (init == "source" and target_teacher is not None) else None
     if init == "target" and target_teacher is None:
         raise CaldError("student.init = 'target' needs a target teacher, but none was produced")
-    student, transfer = convert(
-        convert_from,
-        validated.mixer,
-        validated.mixer_options,
-        prepared.max_length or 0,
-        init_from=init_from,
-    )
+    with _seeded(spec.experiment.seed):
+        student, transfer = convert(
+            convert_from,
+            validated.mixer,
+            validated.mixer_options,
+            prepared.max_length or 0,
+            init_from=init_from,
+        )
     transfer.save(prepared.output_dir / "transfer_report.json")
 
     teachers = TeacherSources(
