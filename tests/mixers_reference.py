@@ -135,13 +135,12 @@ def softmax_attention(
 
 
 def causal_conv_silu(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """The depthwise causal convolution written as a sum over the kernel taps, then SiLU."""
-    taps = conv.weight.shape[-1]
-    padded = F.pad(x, (0, 0, taps - 1, 0))
-    mixed = sum(padded[:, tap : tap + x.shape[1]] * conv.weight[:, 0, tap] for tap in range(taps))
-    if conv.bias is not None:
-        mixed = mixed + conv.bias
-    return F.silu(mixed)
+    """The depthwise causal convolution through ``F.conv1d`` (padded both sides, cut), then SiLU."""
+    taps, time = conv.weight.shape[-1], x.shape[1]
+    mixed = F.conv1d(
+        x.transpose(1, 2), conv.weight, conv.bias, padding=taps - 1, groups=x.shape[-1]
+    )
+    return F.silu(mixed[..., :time].transpose(1, 2))
 
 
 def mamba_reference(mixer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

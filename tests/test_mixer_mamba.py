@@ -10,22 +10,37 @@ from pydantic import ValidationError
 
 from cald_framework.contracts import no_weight_decay_names
 from cald_mixers.mamba import MambaMixer, MambaOptions
-from cald_mixers.scan import linear_scan
+from cald_mixers.scan import BLOCK_ELEMENTS, selective_scan
 
 from .mixers_reference import context, padded_batch, small_mamba
 
 
-@pytest.mark.parametrize("time", [1, 2, 5, 8, 13])
-def test_the_scan_equals_the_sequential_recurrence_and_its_gradient(time):
+def _scan_inputs(time: int) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(time)
-    decay = torch.rand(2, time, 3, 2, generator=generator, dtype=torch.float64)
-    inputs = torch.randn(2, time, 3, 2, generator=generator, dtype=torch.float64)
-    state, expected = torch.zeros(2, 3, 2, dtype=torch.float64), []
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    x, delta, A = draw(2, time, 3), draw(2, time, 3).exp(), -draw(3, 4).exp()
+    return x, delta, A, draw(2, time, 4), draw(2, time, 4)
+
+
+@pytest.mark.parametrize("time", [1, 2, 5, 8, 13])
+@pytest.mark.parametrize("budget", [1, 40, BLOCK_ELEMENTS])
+def test_the_scan_equals_the_sequential_recurrence(time, budget):
+    x, delta, A, B, C = _scan_inputs(time)
+    state, expected = torch.zeros(2, 3, 4, dtype=torch.float64), []
     for t in range(time):
-        state = decay[:, t] * state + inputs[:, t]
-        expected.append(state)
-    torch.testing.assert_close(linear_scan(decay, inputs), torch.stack(expected, 1))
-    assert torch.autograd.gradcheck(linear_scan, (decay.requires_grad_(), inputs.requires_grad_()))
+        state = torch.exp(delta[:, t, :, None] * A) * state
+        state = state + (delta[:, t] * x[:, t])[:, :, None] * B[:, t, None, :]
+        expected.append((state * C[:, t, None, :]).sum(-1))
+    torch.testing.assert_close(selective_scan(x, delta, A, B, C, budget), torch.stack(expected, 1))
+
+
+@pytest.mark.parametrize(("time", "budget"), [(1, 1), (7, 1), (8, 40), (13, BLOCK_ELEMENTS)])
+def test_the_scan_gradients_are_exact(time, budget):
+    inputs = [t.requires_grad_() for t in _scan_inputs(time)]
+    assert torch.autograd.gradcheck(lambda *t: selective_scan(*t, budget=budget), inputs)
 
 
 def test_transformers_mamba_mixer_loads_the_same_weights_and_agrees():

@@ -20,16 +20,25 @@ class CausalConvSiLU(nn.Conv1d):
         super().__init__(channels, channels, kernel_size, groups=channels, bias=bias)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        channels_first = states.transpose(1, 2)
         kernels = cuda_kernels(states)
         if kernels is not None:
             mixed = kernels.causal_conv1d(
-                channels_first, self.weight.squeeze(1), self.bias, activation="silu"
+                states.transpose(1, 2), self.weight.squeeze(1), self.bias, activation="silu"
             )
             return mixed.transpose(1, 2)
-        padded = F.pad(channels_first, (self.kernel_size[0] - 1, 0))
-        mixed = F.conv1d(padded, self.weight, self.bias, groups=self.groups)
-        return F.silu(mixed).transpose(1, 2)
+        return F.silu(self._shifted_sum(states))
+
+    def _shifted_sum(self, states: torch.Tensor) -> torch.Tensor:
+        """The convolution as ``K`` shifted multiply-adds: on CPU, autograd through these is
+        an order of magnitude faster than the backward of a depthwise ``F.conv1d``."""
+        taps = self.kernel_size[0]
+        time = states.shape[1]
+        padded = F.pad(states, (0, 0, taps - 1, 0))
+        weight = self.weight.squeeze(1)  # [C, K]
+        mixed = padded[:, :time] * weight[:, 0]
+        for tap in range(1, taps):
+            mixed = torch.addcmul(mixed, padded[:, tap : tap + time], weight[:, tap])
+        return mixed if self.bias is None else mixed + self.bias
 
     def init_window(
         self, batch_size: int, device: torch.device, dtype: torch.dtype

@@ -22,7 +22,7 @@ from cald_framework.contracts import MixerContext
 from .conv import CausalConvSiLU
 from .kernels import CudaKernels, cuda_kernels
 from .padding import zero_padding
-from .scan import linear_scan
+from .scan import discretise, read_out, selective_scan
 from .ssm_options import (
     SsmOptions,
     at_least_float32,
@@ -46,23 +46,6 @@ class MambaState:
 
     conv: torch.Tensor  #: ``[B, d_inner, d_conv]``
     ssm: torch.Tensor  #: ``[B, d_inner, d_state]``
-
-
-def _discretise(
-    x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-order-hold decay ``exp(Δ A)`` and Euler input ``Δ B x``: ``[..., d_inner, d_state]``.
-
-    Shared by the parallel forward and the recurrent step, so both discretise identically.
-    """
-    decay = torch.exp(delta.unsqueeze(-1) * A)
-    inputs = (delta * x).unsqueeze(-1) * B.unsqueeze(-2)
-    return decay, inputs
-
-
-def _read_out(states: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """``C · h`` for every channel: ``[..., d_inner, d_state]`` x ``[..., d_state]``."""
-    return (states @ C.unsqueeze(-1)).squeeze(-1)
 
 
 class MambaMixer(nn.Module):
@@ -114,8 +97,7 @@ class MambaMixer(nn.Module):
         x, dt, B, C, bias, A_log, D = at_least_float32(
             x, dt, B, C, self.dt_proj.bias, self.A_log, self.D
         )
-        states = linear_scan(*_discretise(x, F.softplus(dt + bias), -torch.exp(A_log), B))
-        return _read_out(states, C) + x * D
+        return selective_scan(x, F.softplus(dt + bias), -torch.exp(A_log), B, C) + x * D
 
     def _kernel_scan(
         self, kernels: CudaKernels, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, gate: Tensor
@@ -147,7 +129,7 @@ class MambaMixer(nn.Module):
         x, window = self.conv1d.step(x, state.conv)
         dt, B, C = self._selective_inputs(x)
         delta = F.softplus(dt + self.dt_proj.bias)
-        decay, inputs = _discretise(x, delta, -torch.exp(self.A_log), B)
+        decay, inputs = discretise(x, delta, -torch.exp(self.A_log), B)
         ssm = decay * state.ssm + inputs
-        mixed = _read_out(ssm, C) + x * self.D
+        mixed = read_out(ssm, C) + x * self.D
         return self.out_proj(mixed * F.silu(gate)), MambaState(conv=window, ssm=ssm)

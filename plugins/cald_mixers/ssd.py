@@ -5,8 +5,7 @@ With one scalar decay per head, the recurrence ``h_t = exp(Δ_t A) h_(t-1) + Δ_
 ``y_t = h_t C_t`` is, inside a chunk, a masked product ``((C Bᵀ) ∘ decay) (Δ x)``: matrix
 multiplications. Across chunks only the end-of-chunk states travel. Every decay is ``exp`` of
 a segment sum of log-decays, which is never positive (the upper triangle is set to ``-inf``
-before ``exp``), so nothing can overflow, and segment sums are summed directly rather than
-taken as differences of long cumulative sums, so they keep their precision.
+before ``exp``), so nothing can overflow.
 """
 
 from __future__ import annotations
@@ -18,13 +17,15 @@ import torch.nn.functional as F
 def decay_between(log_decay: torch.Tensor) -> torch.Tensor:
     """``[..., L, L]``: entry ``(i, j)`` is ``exp(sum_(j<k<=i) a_k)`` for ``j <= i``, else 0.
 
-    That is the decay a state picks up from step ``j`` to step ``i``.
+    That is the decay a state picks up from step ``j`` to step ``i``. The segment sums are
+    differences of cumulative sums taken in float64, so they keep the precision of the input
+    however long the cumulative sums grow, at the cost of a single pass.
     """
     length = log_decay.shape[-1]
-    ones = torch.ones(length, length, dtype=torch.bool, device=log_decay.device)
-    steps = log_decay.unsqueeze(-1).expand(*log_decay.shape, length)  # [k, j] = a_k
-    sums = steps.masked_fill(~ones.tril(-1), 0.0).cumsum(-2)
-    return sums.masked_fill(~ones.tril(), -torch.inf).exp()
+    cumulative = log_decay.to(torch.float64).cumsum(-1)
+    sums = (cumulative.unsqueeze(-1) - cumulative.unsqueeze(-2)).to(log_decay.dtype)
+    causal = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril()
+    return sums.masked_fill(~causal, -torch.inf).exp()
 
 
 def ssd_scan(
@@ -48,7 +49,8 @@ def ssd_scan(
 
     def by_chunk(t: torch.Tensor) -> torch.Tensor:
         """``[b, t, k, ...]`` -> ``[b, chunks, k, L, ...]``: heads (or groups) before positions."""
-        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+        if pad:
+            t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
         return t.view(batch, chunks, chunk_size, *t.shape[2:]).transpose(2, 3)
 
     def per_group(t: torch.Tensor) -> torch.Tensor:
