@@ -86,12 +86,16 @@ class Counting(nn.Module):
         self.log = log
         #: ``(training, inference mode, grad enabled)`` of each forward
         self.conditions: set[tuple[bool, bool, bool]] = set()
+        #: the CPU autocast dtype of each forward (``None`` without autocast)
+        self.autocast: set[torch.dtype | None] = set()
 
     def forward(self, **inputs: torch.Tensor) -> CaldOutput:
         self.log.append(self.name)
         self.conditions.add(
             (self.training, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         )
+        enabled = torch.is_autocast_enabled("cpu")
+        self.autocast.add(torch.get_autocast_dtype("cpu") if enabled else None)
         return self.model(**inputs)
 
 

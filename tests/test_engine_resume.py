@@ -111,3 +111,11 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
     straight = _run("target", tmp_path / "straight")
     resumed = _run("target", tmp_path / "fresh", resume=True)
     _assert_same_weights(straight, resumed)
+
+
+def test_resuming_a_finished_run_trains_no_more(tmp_path: Path) -> None:
+    first = _run("target", tmp_path / "done")
+    events = (tmp_path / "done" / "metrics.jsonl").read_text()
+    again = _run("target", tmp_path / "done", resume=True)
+    _assert_same_weights(first, again)
+    assert (tmp_path / "done" / "metrics.jsonl").read_text() == events

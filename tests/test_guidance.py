@@ -99,6 +99,13 @@ def test_target_runs_the_frozen_teacher_once_per_micro_batch(tmp_path: Path, tra
     assert _logged_terms(tmp_path) == [{"task", "kd", "ld"}] * 6
 
 
+@pytest.mark.parametrize("precision, autocast", [(None, None), ("bf16", torch.bfloat16)])
+def test_teacher_precision_can_differ_from_the_run(tmp_path: Path, precision: str | None, autocast: torch.dtype | None) -> None:
+    teacher = Counting(TinyModel(seed=5), "target", [])
+    _run("target", tmp_path, TeacherSources(target=lambda: teacher, precision=precision), max_steps=1)  # type: ignore[arg-type]
+    assert teacher.autocast == {autocast}
+
+
 def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CaldError, match="guidance mode 'target' needs the fine-tuned target teacher, but none was given"):
         _run("target", tmp_path, TeacherSources())

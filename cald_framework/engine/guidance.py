@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..contracts import CaldOutput, GuidancePlugin, PluginOptions, Task
 from ..errors import CaldError
 from ..spec.sections import TrainingSection
 from .losses import LossWeights
-from .precision import Precision
+from .precision import Precision, PrecisionName
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class TeacherSources:
     load_teacher: Callable[[Path], nn.Module] | None = None
     #: keep dropout (and SpecAugment) on in the teacher, as the paper's code did
     train_mode: bool = False
+    #: the teachers' precision, e.g. ``"bf16"`` for cheap targets while the student trains in
+    #: fp32 (default: the run's ``training.precision``)
+    precision: PrecisionName | None = None
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,8 @@ class GuidanceContext:
     task: Task
     training: TrainingSection
     accelerator: Accelerator
-    precision: Precision
-    #: where a schedule may keep files of its own (inside the run's output directory)
-    work_dir: Path = field(default=Path("."))
+    #: autocast of teacher forwards (``teachers.precision``, else the run's)
+    teacher_precision: Precision
 
     @property
     def device(self) -> torch.device:
@@ -161,7 +163,7 @@ class FrozenTeacherSchedule(GuidanceSchedule):
     def teacher_output(self, batch: Mapping[str, Any]) -> CaldOutput:
         if self.teacher is None:
             raise RuntimeError(f"{type(self).__name__} planned no teacher for this step")
-        return run_frozen(self.teacher, batch, self.context.precision)
+        return run_frozen(self.teacher, batch, self.context.teacher_precision)
 
 
 @dataclass(frozen=True)

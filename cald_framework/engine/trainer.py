@@ -174,16 +174,16 @@ class _Run:
         self.warnings: list[str] = []
 
     def _build_schedule(self, guidance: GuidanceSetup | None) -> GuidanceSchedule:
+        teachers = guidance.teachers if guidance else TeacherSources()
         context = GuidanceContext(
             mode=guidance.plugin.name if guidance else "unguided",
-            teachers=guidance.teachers if guidance else TeacherSources(),
+            teachers=teachers,
             total_steps=self.total_steps,
             weights=self.loss.weights,
             task=self.task,
             training=self.training,
             accelerator=self.accelerator,
-            precision=self.precision,
-            work_dir=self.output_dir,
+            teacher_precision=Precision(teachers.precision or self.training.precision, self.device),
         )
         return guidance.build(context) if guidance else TaskOnly(context)
 
@@ -381,18 +381,9 @@ class _Run:
         self.window.rows += rows * self.world
         if ok:
             self.progress.nonfinite_streak = 0
-            self.window.add({**means, **({"grad_norm": grad_norm.float()} if grad_norm is not None else {})})
+            self.window.add(means if grad_norm is None else {**means, "grad_norm": grad_norm.float()})
         else:
-            self.progress.nonfinite_streak += 1
-            values = {name: float(value) for name, value in means.items()}
-            log.record("nonfinite", step, {"epoch": epoch, "lr": lr, **values, "streak": self.progress.nonfinite_streak})
-            if self.progress.nonfinite_streak >= self.training.max_nonfinite_steps:
-                path = self._save()
-                raise CaldError(
-                    f"training stopped at step {step}: the loss was not finite for "
-                    f"{self.progress.nonfinite_streak} steps in a row (training.max_nonfinite_steps); "
-                    f"state saved in {path}"
-                )
+            self._skipped(log, step, {"epoch": epoch, "lr": lr, **{k: float(v) for k, v in means.items()}})
         if step % self.training.log_every == 0 or step == self.total_steps:
             self._log_window(log, step, epoch, lr)
         if self.settings.on_step_end is not None:
@@ -400,6 +391,17 @@ class _Run:
             main = self.accelerator.is_main_process
             self.settings.on_step_end(StepEnd(step, self.total_steps, model, main))
         self._evaluate_and_save(step, epoch, log)
+
+    def _skipped(self, log: Logbook, step: int, values: dict[str, float]) -> None:
+        """Log a skipped step; stop the run after too many in a row."""
+        streak = self.progress.nonfinite_streak = self.progress.nonfinite_streak + 1
+        log.record("nonfinite", step, {**values, "streak": streak})
+        if streak >= self.training.max_nonfinite_steps:
+            path = self._save()
+            raise CaldError(
+                f"training stopped at step {step}: the loss was not finite for {streak} steps in "
+                f"a row (training.max_nonfinite_steps); state saved in {path}"
+            )
 
     def _log_window(self, log: Logbook, step: int, epoch: float, lr: float) -> None:
         window = self.window

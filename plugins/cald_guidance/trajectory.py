@@ -54,7 +54,7 @@ class TrajectorySchedule(GuidanceSchedule):
         self.scheduler = build_scheduler(
             self.optimizer, training, max(1, context.total_steps // self.every)
         )
-        self.precision = Precision(training.precision, context.device)
+        self.precision = Precision(context.teacher_precision.name, context.device)
         self.updating = False
 
     def plan(self, step: int) -> StepPlan:
