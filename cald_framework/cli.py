@@ -82,7 +82,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     validated = load_spec(args.spec, args.set)
     results = run_pipeline(validated, resume=args.resume)
-    print(json.dumps(results.summary(), indent=2))
+    if results is not None:  # the main process of a multi-process run reports
+        print(json.dumps(results.summary(), indent=2))
     return 0
 
 

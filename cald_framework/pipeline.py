@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import transformers
+from accelerate import PartialState
 
 from . import __version__
 from .assets import resolve_references
@@ -51,6 +52,15 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def _processes() -> PartialState:
+    """This process's place in a multi-process run (``torchrun``, ``accelerate launch``).
+
+    ``cpu`` as the trainer's accelerator sets it: the first state made fixes it for the whole
+    process, and on a CPU-only machine it is what joins the processes into one group.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 @dataclass
@@ -90,14 +100,17 @@ def _resolve(validated: ValidatedSpec, value: Any) -> Any:
 def _prepare(validated: ValidatedSpec) -> _Prepared:
     spec = validated.spec
     output_dir = Path(spec.experiment.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(output_dir / "spec.toml", dumps(validated.document))
+    processes = _processes()
+    if processes.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(output_dir / "spec.toml", dumps(validated.document))
     teacher_model = _resolve(validated, spec.teacher.model)
     options_data = _resolve(validated, validated.task_options.model_dump(exclude_unset=True))
     task_options = validated.task.options.model_validate(options_data)
     task = validated.task.build(task_options)
     preprocessor = validated.source.family().load_preprocessor(teacher_model)
-    data = task.build_data(preprocessor, spec.experiment.seed)
+    with processes.main_process_first():  # the others then read the main process's data cache
+        data = task.build_data(preprocessor, spec.experiment.seed)
     max_length = spec.student.max_length or getattr(task_options, "max_length", None)
     return _Prepared(validated, output_dir, teacher_model, task, task_options, data, max_length)
 
@@ -148,7 +161,8 @@ def _finetuned_teacher(prepared: _Prepared, resume: bool) -> tuple[FinetuneResul
         seed=spec.experiment.seed,
         resume=resume or directory.exists(),
     )
-    write_atomically(done, json.dumps(result.to_dict(directory), indent=2))
+    if _processes().is_main_process:
+        write_atomically(done, json.dumps(result.to_dict(directory), indent=2))
     return result, time.perf_counter() - started
 
 
@@ -192,8 +206,12 @@ def _count(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResults:
-    """Run every stage the spec asks for and write ``results.json`` and ``report.md``."""
+def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResults | None:
+    """Run every stage the spec asks for and write ``results.json`` and ``report.md``.
+
+    Under ``torchrun`` or ``accelerate launch`` every process trains; only the main one writes,
+    exports and reports, and the others return ``None`` once training is done.
+    """
     started = time.perf_counter()
     spec = validated.spec
     prepared = _prepare(validated)
@@ -233,7 +251,8 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
             prepared.max_length or 0,
             init_from=init_from,
         )
-    transfer.save(prepared.output_dir / "transfer_report.json")
+    if _processes().is_main_process:
+        transfer.save(prepared.output_dir / "transfer_report.json")
 
     teachers = TeacherSources(
         source=prepared.source_teacher,
@@ -256,6 +275,8 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
         seed=spec.experiment.seed,
         resume=resume,
     )
+    if not _processes().is_main_process:
+        return None
     student = trained.model
     student.save_pretrained(prepared.output_dir / "student")
 
