@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="cald-crash-") as temporary:
         workspace = args.workdir or Path(temporary)
-        build_workspace(workspace, args.mode)
+        build_workspace(workspace, {"guidance.mode": args.mode})
         first_write = straight_run(workspace)
         print(f"uninterrupted run done (first checkpoint write after {first_write:.1f} s)")
         tally = crash_and_resume(workspace, args.kills, first_write, rng)

@@ -55,7 +55,9 @@ def write_reviews(path: Path, rows: int = 64) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_bert(directory: Path, *, hidden_size: int = 16, extra_vocab: int = 0) -> None:
+def write_bert(
+    directory: Path, *, hidden_size: int = 16, extra_vocab: int = 0, dropout: float = 0.1
+) -> None:
     """A randomly initialised 2-layer BERT and its word tokenizer.
 
     ``extra_vocab`` gives the tokenizer that many words more than the model has embeddings.
@@ -70,6 +72,8 @@ def write_bert(directory: Path, *, hidden_size: int = 16, extra_vocab: int = 0) 
         num_attention_heads=2,
         intermediate_size=2 * hidden_size,
         max_position_embeddings=32,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -90,14 +94,16 @@ def spec_with(changes: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def build_workspace(root: Path, mode: str = "target") -> Path:
-    """Write the model, the data and the spec into ``root``; returns the spec's path.
+def build_workspace(
+    root: Path, changes: Mapping[str, Any] | None = None, *, dropout: float = 0.1
+) -> Path:
+    """Write the model, the data and the spec (:func:`spec_with` ``changes``) into ``root``.
 
-    The spec's paths are relative: run it with ``root`` as the working directory.
+    Returns the spec's path; its paths are relative: run it with ``root`` as working directory.
     """
     root.mkdir(parents=True, exist_ok=True)
-    write_bert(root / MODEL_DIR)
+    write_bert(root / MODEL_DIR, dropout=dropout)
     write_reviews(root / DATA_FILE)
     spec = root / SPEC_FILE
-    spec.write_text(dumps(spec_with({"guidance.mode": mode})))
+    spec.write_text(dumps(spec_with(changes or {})))
     return spec
