@@ -1,0 +1,166 @@
+"""Figure 5 on this machine: teacher against student, forward time and peak memory by length.
+
+The three built-in conversions, each student made with its mixer's default options:
+
+* ``minilm``: all-MiniLM-L6-v2 (BERT, real weights: the quickstart spec's pinned asset) ->
+  ``linformer``, 128 to 8192 tokens. The position table (512 rows) is extended with random rows.
+* ``pythia``: a GPT-NeoX with pythia-70m's dimensions and random weights -> ``mamba``, 128 to
+  8192 tokens, language-model head included.
+* ``wav2vec2``: a Wav2Vec2 with wav2vec2-base's dimensions and random weights -> ``bimamba2``,
+  1 to 60 s of 16 kHz audio.
+
+Random weights take the same time as trained ones, so no checkpoint is downloaded for the last
+two. Each point is the median of ``--repeats`` forwards (batch 1) after a warm-up; peak memory
+is what a forward allocates beyond the weights. A second table gives the training-step time of
+each guidance mode over unguided training (batch 8 x 128 tokens, or 4 x 4 s of audio).
+
+    python benchmarks/bench_scaling.py --out docs/figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+
+from cald_framework.analysis.bench import (
+    DEFAULT_LENGTHS,
+    plot_scaling,
+    scaling,
+    side_by_side,
+    summarise,
+)
+from cald_framework.analysis.measure import positions, synthetic_inputs
+from cald_framework.analysis.output import format_table, write_csv
+from cald_framework.analysis.overhead import guidance_overhead
+from cald_framework.assets import resolve_references
+from cald_framework.contracts import CaldOutput, HeadSpec
+from cald_framework.conversion import convert
+from cald_framework.modeling import CaldModel
+from cald_framework.plugin_manager import load_registries
+from cald_framework.spec import load_spec
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "specs" / "quickstart.toml"
+
+PYTHIA_70M = {
+    "model_type": "gpt_neox", "vocab_size": 50304, "hidden_size": 512, "num_hidden_layers": 6,
+    "num_attention_heads": 8, "intermediate_size": 2048, "max_position_embeddings": 2048,
+    "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True,
+    "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+}
+WAV2VEC2_BASE = {
+    "model_type": "wav2vec2", "hidden_size": 768, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "intermediate_size": 3072, "feat_extract_norm": "group",
+    "do_stable_layer_norm": False, "conv_bias": False, "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16, "vocab_size": 32,
+}
+
+
+def _minilm() -> CaldModel:
+    spec = load_spec(QUICKSTART).spec
+    location = resolve_references(spec.teacher.model, spec.assets)
+    return CaldModel.from_source("bert", location, HeadSpec("classification", 2))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    teacher: Callable[[], CaldModel]
+    mixer: str
+    #: training-step batch for the overhead table: rows and length (tokens or seconds)
+    step_batch: tuple[int, float]
+
+
+SCENARIOS = {
+    "minilm": Scenario(_minilm, "linformer", (8, 128)),
+    "pythia": Scenario(
+        lambda: CaldModel.from_source_config("gpt-neox", PYTHIA_70M, HeadSpec("causal_lm")),
+        "mamba", (8, 128),
+    ),
+    "wav2vec2": Scenario(
+        lambda: CaldModel.from_source_config(
+            "wav2vec2", WAV2VEC2_BASE, HeadSpec("token_classification", 32)
+        ),
+        "bimamba2", (4, 4.0),
+    ),
+}
+
+
+def proxy_task_loss(output: CaldOutput, batch: dict[str, Any]) -> torch.Tensor:
+    """Cross-entropy against fixed random labels: a task loss of the usual cost for any head."""
+    logits = output.logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+
+
+def _step_batch(model: CaldModel, rows: int, length: float) -> dict[str, Any]:
+    inputs = synthetic_inputs(model, length, rows)
+    logits = model(**inputs).logits
+    labels = torch.randint(0, logits.shape[-1], logits.shape[:-1], generator=torch.Generator().manual_seed(0))
+    return {"inputs": inputs, "labels": labels}
+
+
+def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    scenario = SCENARIOS[name]
+    torch.manual_seed(0)
+    teacher = scenario.teacher().eval()
+    lengths = DEFAULT_LENGTHS[teacher.family.modality]
+    longest = positions(teacher, synthetic_inputs(teacher, max(lengths), 1))
+    if teacher.family.extend_positions(teacher.backbone, longest):
+        print(f"{name}: teacher position table extended to {longest} with random rows")
+    student, _ = convert(teacher, load_registries().mixers.get(scenario.mixer), {}, longest)
+    student.eval()
+    rows = scaling(
+        {"teacher": teacher, "student": student}, lengths, repeats=args.repeats,
+        max_seconds=args.max_seconds, scenario=f"{name} -> {scenario.mixer}",
+    )
+    overhead = []
+    if args.overhead_steps:
+        with torch.no_grad():
+            batch = _step_batch(teacher, *scenario.step_batch)
+        overhead = [
+            {"scenario": name, **row}
+            for row in guidance_overhead(
+                student, teacher, batch, proxy_task_loss, steps=args.overhead_steps, update_every=4
+            )
+        ]
+    return rows, overhead
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", default="minilm,pythia,wav2vec2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--overhead-steps", type=int, default=8, help="0 skips the overhead table")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows, overhead = [], []
+    for name in args.scenarios.split(","):
+        scenario_rows, scenario_overhead = run(name, args)
+        rows += scenario_rows
+        overhead += scenario_overhead
+    table = side_by_side(rows)
+    print(format_table(table, list(table[0])))
+    write_csv(out / "bench_scaling.csv", table, list(table[0]))
+    plot_scaling(rows, out / "bench_scaling.png", "tokens or seconds")
+    scenarios = dict.fromkeys(row["scenario"] for row in rows)
+    summary = [{"scenario": s, **summarise([r for r in rows if r["scenario"] == s])} for s in scenarios]
+    print(format_table(summary, list(summary[0])))
+    write_csv(out / "bench_scaling_summary.csv", summary, list(summary[0]))
+    if overhead:
+        print(format_table(overhead, list(overhead[0])))
+        write_csv(out / "bench_guidance_steps.csv", overhead, list(overhead[0]))
+    print(f"torch threads: {torch.get_num_threads()}; results in {out}")
+
+
+if __name__ == "__main__":
+    main()
