@@ -8,7 +8,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from cald_framework.contracts import no_weight_decay_names
 from cald_mixers.mamba import MambaMixer, MambaOptions
 from cald_mixers.scan import BLOCK_ELEMENTS, selective_scan
 
@@ -100,11 +99,6 @@ def test_the_time_step_floor_applies():
     torch.testing.assert_close(
         torch.nn.functional.softplus(mixer.dt_proj.bias), torch.full((32,), 1e-3)
     )
-
-
-def test_decay_rates_skips_and_time_step_bias_get_no_weight_decay():
-    mixer = MambaMixer(MambaOptions(), context(16, 2, causal=True))
-    assert no_weight_decay_names(mixer) == {"A_log", "D", "dt_proj.bias"}
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from cald_framework.contracts import no_weight_decay_names
 from cald_framework.errors import SpecError
 from cald_mixers.mamba2 import Mamba2Mixer, Mamba2Options
 from cald_mixers.ssd import decay_between
@@ -80,11 +79,6 @@ def test_initialisation_is_mamba2s():
     assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.02 * (1 + 1e-5)
     torch.testing.assert_close(mixer.D, torch.ones(32))
     torch.testing.assert_close(mixer.norm.weight, torch.ones(128))
-
-
-def test_decay_rates_skips_and_time_step_bias_get_no_weight_decay():
-    mixer = Mamba2Mixer(Mamba2Options(headdim=8), context(16, 2, causal=True))
-    assert no_weight_decay_names(mixer) == {"A_log", "D", "dt_bias"}
 
 
 def test_headdim_must_divide_the_inner_width():

@@ -3,8 +3,13 @@ recurrent step, and finite float32 results when decays are extreme."""
 
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
+
+from cald_framework.contracts import no_weight_decay_names
 
 from .mixers_reference import (
     assert_causal,
@@ -64,3 +69,16 @@ def test_gradients_reach_every_parameter(case):
     hidden, mask = padded_batch([7, 5], 8)
     mixer(hidden, mask).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixer.parameters())
+
+
+def test_no_weight_decay_tags_survive_copies_conversions_and_pickling(case):
+    factory, _, _ = CASES[case]
+    mixer = factory()
+    tagged = no_weight_decay_names(mixer)
+    assert tagged == {"A_log", "D", CASES[case][2]}
+    assert no_weight_decay_names(copy.deepcopy(mixer)) == tagged
+    assert no_weight_decay_names(mixer.to(torch.bfloat16)) == tagged
+    buffer = io.BytesIO()
+    torch.save(mixer, buffer)
+    buffer.seek(0)
+    assert no_weight_decay_names(torch.load(buffer, weights_only=False)) == tagged

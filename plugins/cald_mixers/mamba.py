@@ -26,7 +26,7 @@ from .scan import discretise, read_out, selective_scan
 from .ssm_options import (
     SsmOptions,
     at_least_float32,
-    exclude_from_weight_decay,
+    no_decay,
     time_step_bias,
 )
 
@@ -63,14 +63,11 @@ class MambaMixer(nn.Module):
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * options.d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=options.bias)
-        with torch.no_grad():
-            bound = dt_rank**-0.5
-            self.dt_proj.weight.uniform_(-bound, bound)
-            self.dt_proj.bias.copy_(time_step_bias(d_inner, options))
+        nn.init.uniform_(self.dt_proj.weight, -(dt_rank**-0.5), dt_rank**-0.5)
         rates = torch.arange(1, options.d_state + 1, dtype=torch.float32)
-        self.A_log = nn.Parameter(rates.log().repeat(d_inner, 1))
-        self.D = nn.Parameter(torch.ones(d_inner))
-        exclude_from_weight_decay(self.A_log, self.D, self.dt_proj.bias)
+        self.A_log = no_decay(rates.log().repeat(d_inner, 1))
+        self.D = no_decay(torch.ones(d_inner))
+        self.dt_proj.bias = no_decay(time_step_bias(d_inner, options))
 
     def _selective_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The token-dependent time step (before its bias), ``B`` and ``C``."""

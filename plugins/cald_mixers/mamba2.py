@@ -24,7 +24,7 @@ from .ssd import ssd_scan
 from .ssm_options import (
     SsmOptions,
     at_least_float32,
-    exclude_from_weight_decay,
+    no_decay,
     time_step_bias,
 )
 
@@ -101,12 +101,11 @@ class Mamba2Mixer(nn.Module):
         conv_width = d_inner + 2 * options.ngroups * options.d_state
         self.in_proj = nn.Linear(ctx.d_model, d_inner + conv_width + heads, bias=options.bias)
         self.conv1d = CausalConvSiLU(conv_width, options.d_conv, bias=options.conv_bias)
-        self.dt_bias = nn.Parameter(time_step_bias(heads, options))
-        self.A_log = nn.Parameter(torch.empty(heads).uniform_(*options.A_init_range).log())
-        self.D = nn.Parameter(torch.ones(heads))
+        self.dt_bias = no_decay(time_step_bias(heads, options))
+        self.A_log = no_decay(torch.empty(heads).uniform_(*options.A_init_range).log())
+        self.D = no_decay(torch.ones(heads))
         self.norm = GatedRMSNorm(d_inner, options.ngroups)
         self.out_proj = nn.Linear(d_inner, ctx.d_model, bias=options.bias)
-        exclude_from_weight_decay(self.A_log, self.D, self.dt_bias)
 
     def _split(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``in_proj`` output -> gate ``z``, the convolution input ``x | B | C``, and ``dt``."""

@@ -45,7 +45,19 @@ def at_least_float32(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [tensor.to(dtype) for tensor in tensors]
 
 
-def exclude_from_weight_decay(*params: nn.Parameter) -> None:
-    """Tag parameters (decay rates, skips, time-step biases) that weight decay would distort."""
-    for param in params:
-        param._no_weight_decay = True  # type: ignore[attr-defined]
+class _NoDecayParameter(nn.Parameter):
+    """A parameter that weight decay must leave alone (see :func:`no_decay`)."""
+
+    _no_weight_decay = True
+
+
+def no_decay(values: torch.Tensor) -> nn.Parameter:
+    """A parameter tagged ``_no_weight_decay`` (decay rates, skips, time-step biases).
+
+    The tag is a class attribute, which survives ``copy.deepcopy`` (it rebuilds parameters from
+    their type), and an instance attribute, which survives pickling (it rebuilds a plain
+    parameter with its ``__dict__``).
+    """
+    param = _NoDecayParameter(values)
+    param._no_weight_decay = True
+    return param
