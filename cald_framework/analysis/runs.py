@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..assets import resolve_references
-from ..contracts import Task, TaskData
+from ..contracts import PluginOptions, Task, TaskData
 from ..conversion import convert
 from ..engine.checkpoints import list_checkpoints, open_checkpoint
 from ..engine.tensorfiles import read_tensors
@@ -55,10 +55,12 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], where: Pa
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        # torch's message: a title line, then one line per kind of mismatch
+        # torch's message: a title line, then one line per kind of mismatch (the first shown)
         lines = [line.strip() for line in str(error).strip().splitlines()]
+        detail = lines[min(1, len(lines) - 1)]
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
         raise CheckpointError(
-            f"{where} does not fit the model its run's spec builds: {lines[min(1, len(lines) - 1)]}"
+            f"{where} does not fit the model its run's spec builds: {detail}"
         ) from error
     return model
 
@@ -83,7 +85,7 @@ class Run:
         return self.validated.spec.experiment.name
 
     @cached_property
-    def _task_options(self) -> object:
+    def _task_options(self) -> PluginOptions:
         validated = self.validated
         options = validated.task_options.model_dump(exclude_unset=True)
         resolved = resolve_references(options, validated.spec.assets)
