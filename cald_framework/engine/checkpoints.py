@@ -64,9 +64,28 @@ class Checkpoint:
 def save_checkpoint(
     root: Path, step: int, parts: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> Path:
-    """Write ``parts`` and ``meta`` as the checkpoint of ``step``; replaces an older one of that step."""
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+    """Write ``parts`` and ``meta`` as the checkpoint of ``step``; replaces an older one of that step.
+
+    A write that fails (a full disk) raises :class:`CheckpointError` and leaves the other
+    checkpoints as they were.
+    """
+    final = root / checkpoint_name(step)
+    staging: Path | None = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+        _write(staging, final, step, parts, meta)
+    except OSError as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(
+            f"cannot write checkpoint {final}: {error}; the earlier checkpoints are untouched"
+        ) from error
+    return final
+
+
+def _write(staging: Path, final: Path, step: int, parts: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Fill ``staging`` and rename it to ``final`` once every file is durable."""
     skeletons: dict[str, Any] = {}
     files: dict[str, dict[str, Any]] = {}
     for name, tree in parts.items():
@@ -81,12 +100,10 @@ def save_checkpoint(
         handle.flush()
         os.fsync(handle.fileno())
     fsync_dir(staging)
-    final = root / checkpoint_name(step)
     if final.exists():
         _remove(final)
     os.replace(staging, final)
-    fsync_dir(root)
-    return final
+    fsync_dir(final.parent)
 
 
 def _remove(path: Path) -> None:

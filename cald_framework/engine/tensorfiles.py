@@ -11,17 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 
 _ALIASES_KEY = "cald_aliases"
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def fsync_dir(path: Path) -> None:
@@ -78,11 +80,23 @@ def _storable(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return stored, aliases
 
 
+def _save(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
+    try:
+        save_file(tensors, str(target), metadata=metadata)
+    except SafetensorError as error:  # how the writer reports I/O errors such as a full disk
+        found = _OS_ERROR.search(str(error))
+        code = int(found[1]) if found else None
+        raise (OSError(code, os.strerror(code)) if code else OSError(str(error))) from error
+
+
 def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Save a flat ``{name: tensor}`` mapping as one safetensors file, atomically."""
+    """Save a flat ``{name: tensor}`` mapping as one safetensors file, atomically.
+
+    A failed write (a full disk) raises :class:`OSError` and leaves any older ``path`` as it was.
+    """
     stored, aliases = _storable(tensors)
     metadata = {_ALIASES_KEY: json.dumps(aliases)}
-    write_atomic(path, lambda target: save_file(stored, str(target), metadata=metadata))
+    write_atomic(path, lambda target: _save(stored, target, metadata))
 
 
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
