@@ -28,6 +28,7 @@ def context(
     causal: bool = False,
     shared: nn.ModuleDict | None = None,
     projections: AttentionProjections | None = None,
+    output_projection: bool = True,
 ) -> MixerContext:
     return MixerContext(
         d_model=d_model,
@@ -38,6 +39,7 @@ def context(
         causal=causal,
         shared=nn.ModuleDict() if shared is None else shared,
         projections=projections,
+        output_projection=output_projection,
     )
 
 

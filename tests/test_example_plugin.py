@@ -113,6 +113,12 @@ def test_the_teachers_projections_are_copied_and_the_output_kept_only_where_it_w
     assert without.output is None
 
 
+@pytest.mark.parametrize("output_projection", [True, False])
+def test_without_projections_the_output_is_built_where_the_slot_had_one(output_projection):
+    mixer = RetentionMixer(RetentionOptions(), context(8, 2, output_projection=output_projection))
+    assert (mixer.output is not None) == output_projection
+
+
 def test_rotary_needs_an_even_head_dim():
     with pytest.raises(SpecError, match="rotary needs an even head_dim, got 3"):
         RetentionMixer(RetentionOptions(), context(6, 2))

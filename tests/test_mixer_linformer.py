@@ -77,6 +77,11 @@ def test_without_projections_fresh_layers_of_the_same_shape_are_built():
     }
 
 
+def test_without_projections_no_output_is_built_where_the_slot_had_none():
+    mixer = LinformerMixer(LinformerOptions(k=4), context(8, 2, output_projection=False))
+    assert mixer.output is None
+
+
 def test_sequence_projections_start_standard_normal():
     torch.manual_seed(0)
     mixer = LinformerMixer(LinformerOptions(k=256), context(8, 2, max_length=512))

@@ -103,7 +103,9 @@ class LinformerMixer(nn.Module):
         self.value = _reused_linear(teacher and teacher.value, ctx.d_model, "value")
         has_output = ctx.output_projection if teacher is None else teacher.output is not None
         self.output = (
-            _reused_linear(teacher and teacher.output, ctx.d_model, "output") if has_output else None
+            _reused_linear(teacher and teacher.output, ctx.d_model, "output")
+            if has_output
+            else None
         )
         self._set_projections(options, ctx)
 

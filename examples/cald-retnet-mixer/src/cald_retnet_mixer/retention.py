@@ -65,7 +65,7 @@ class RetentionMixer(nn.Module):
         self.query = _copy_or_new(teacher and teacher.query, width)
         self.key = _copy_or_new(teacher and teacher.key, width)
         self.value = _copy_or_new(teacher and teacher.value, width)
-        keeps_output = teacher is None or teacher.output is not None
+        keeps_output = ctx.output_projection if teacher is None else teacher.output is not None
         self.output = _copy_or_new(teacher and teacher.output, width) if keeps_output else None
         self.gate = nn.Linear(width, width)
         self.norm = nn.GroupNorm(heads, width)
