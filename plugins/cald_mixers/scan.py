@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 #: elements of one ``[rows, time, channels, d_state]`` block: a few such tensors fit in cache,
 #: and blocks are still large enough that Python overhead stays small
@@ -108,6 +109,7 @@ class _SelectiveScan(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, delta, A, B, C = ctx.saved_tensors
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)
