@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
@@ -310,4 +311,6 @@ class CaldModel(PreTrainedModel):
             raise CheckpointError(
                 f"{path / WEIGHTS_NAME} does not match its config: {details[:500]}"
             ) from error
+        except SafetensorError as error:
+            raise CheckpointError(f"{path / WEIGHTS_NAME} is not a readable safetensors file ({error})") from error
         return model.eval()

@@ -107,7 +107,7 @@ def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
         with safe_open(str(path), framework="pt", device=where) as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             metadata = handle.metadata() or {}
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
     for alias, name in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
         tensors[alias] = tensors[name]

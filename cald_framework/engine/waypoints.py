@@ -8,7 +8,7 @@ With ``n`` waypoints over ``S`` steps they are saved after steps ``k * (S // n)`
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import CheckpointError, CaldError
 from .guidance import Waypoint
@@ -37,15 +37,27 @@ def write_manifest(directory: Path, total_steps: int, waypoints: list[Waypoint])
     return path
 
 
+def _inside(relative: str) -> str:
+    """``relative`` when it names a path below the manifest's directory, else a ``ValueError``."""
+    parts = PurePosixPath(relative).parts
+    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts or "\\" in relative:
+        raise ValueError(f"entry {relative!r} is outside the manifest's directory")
+    return relative
+
+
 def read_waypoints(location: Path) -> list[Waypoint]:
-    """The waypoints listed by a manifest (or the directory holding one), by increasing step."""
+    """The waypoints listed by a manifest (or the directory holding one), by increasing step.
+
+    Every entry must be a relative path that stays inside the manifest's directory, so a
+    manifest cannot point a run at files elsewhere on the machine.
+    """
     path = location / MANIFEST if location.is_dir() else location
     try:
         document = json.loads(path.read_text())
         if document.get("format") != _FORMAT:
             raise ValueError(f"unknown format {document.get('format')!r}")
         waypoints = sorted(
-            (Waypoint(int(step), path.parent / relative) for step, relative in document["waypoints"].items()),
+            (Waypoint(int(step), path.parent / _inside(relative)) for step, relative in document["waypoints"].items()),
             key=lambda w: w.step,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:

@@ -7,6 +7,7 @@ the layout, so a checkpoint that only looks like the family fails with the missi
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -44,6 +45,10 @@ def locate(model: str) -> tuple[str, dict[str, str]]:
     return model, {}
 
 
+#: never run code shipped with a checkpoint (unset, transformers would ask on a terminal)
+NO_REMOTE_CODE = MappingProxyType({"trust_remote_code": False})
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -71,13 +76,22 @@ class TransformersFamily(SourceFamily):
         location, extra = locate(model)
         model_class = self._model_class(head)
         try:
-            config = self.prepare_config(AutoConfig.from_pretrained(location, **extra))
+            settings = AutoConfig.from_pretrained(location, **extra, **NO_REMOTE_CODE)
             backbone = model_class.from_pretrained(
-                location, config=config, dtype=torch.float32, **extra
+                location,
+                config=self.prepare_config(settings),
+                dtype=torch.float32,
+                **extra,
+                **NO_REMOTE_CODE,
             )
         except (OSError, ValueError) as error:
             raise CheckpointError(
                 f"cannot load {self.name} model {model!r}: {_first_line(error)}"
+            ) from error
+        except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused it
+            raise CheckpointError(
+                f"cannot load {self.name} model {model!r}: its pickled weights hold more than "
+                "tensors, and unpickling them could run code; convert them to safetensors"
             ) from error
         return self.adopt(backbone)
 
@@ -99,7 +113,7 @@ class TransformersFamily(SourceFamily):
     def load_preprocessor(self, model: str) -> Any:
         location, extra = locate(model)
         try:
-            return self.preprocessor_class.from_pretrained(location, **extra)
+            return self.preprocessor_class.from_pretrained(location, **extra, **NO_REMOTE_CODE)
         except (OSError, ValueError) as error:
             raise CheckpointError(
                 f"cannot load the preprocessor of {self.name} model {model!r}: {_first_line(error)}"
