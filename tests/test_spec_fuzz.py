@@ -14,12 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cald_framework import cli
-from cald_framework.spec import loader
 from cald_framework.spec.toml_source import parse_toml
 from cald_framework.spec.toml_writer import dumps
 
-from .spec_plugins import spec_test_registries
-from .test_spec_errors import BASE
+from .test_spec_errors import BASE, workdir  # noqa: F401 - the shared fixture
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -45,14 +43,6 @@ values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=4),
     max_leaves=12,
 )
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loader, "load_registries", spec_test_registries)
-    (tmp_path / "data.csv").write_text("text,label\na,1\n")
-    return tmp_path
 
 
 def assert_clean_outcome(workdir: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
