@@ -12,9 +12,6 @@ here rather than silently during training.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_json_atomic
 from .contracts import MixerPlugin, PluginOptions
 from .errors import CaldError
 from .modeling import CaldModel
@@ -72,18 +70,8 @@ class TransferReport:
         return {**asdict(self), "counts": self.counts()}
 
     def save(self, path: str | Path) -> None:
-        """Write the report as JSON atomically: a temporary file, then ``os.replace``."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.to_dict(), stream, indent=2)
-                stream.write("\n")
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        """Write the report as JSON, atomically."""
+        write_json_atomic(Path(path), self.to_dict(), indent=2)
 
 
 def convert(

@@ -24,6 +24,7 @@ from accelerate import PartialState
 
 from . import __version__
 from .assets import resolve_references
+from .atomic import write_text_atomic
 from .contracts import HeadSpec, PluginOptions, Task, TaskData
 from .conversion import convert
 from .engine.evaluation import evaluate_model
@@ -35,7 +36,7 @@ from .engine.trainer import train
 from .engine.waypoints import read_waypoints
 from .errors import CaldError
 from .modeling import CaldModel
-from .report import RunResults, SpeedComparison, write_atomically, write_results
+from .report import RunResults, SpeedComparison, write_results
 from .spec import ValidatedSpec
 from .spec.toml_writer import dumps
 
@@ -103,7 +104,7 @@ def _prepare(validated: ValidatedSpec) -> _Prepared:
     processes = _processes()
     if processes.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(output_dir / "spec.toml", dumps(validated.document))
+        write_text_atomic(output_dir / "spec.toml", dumps(validated.document))
     teacher_model = _resolve(validated, spec.teacher.model)
     options_data = _resolve(validated, validated.task_options.model_dump(exclude_unset=True))
     task_options = validated.task.options.model_validate(options_data)
@@ -162,7 +163,7 @@ def _finetuned_teacher(prepared: _Prepared, resume: bool) -> tuple[FinetuneResul
         resume=resume or directory.exists(),
     )
     if _processes().is_main_process:
-        write_atomically(done, json.dumps(result.to_dict(directory), indent=2))
+        write_text_atomic(done, json.dumps(result.to_dict(directory), indent=2))
     return result, time.perf_counter() - started
 
 

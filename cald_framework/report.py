@@ -5,12 +5,11 @@ The shape of ``results.json`` is documented in the README; change both together.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_json_atomic, write_text_atomic
 
 RESULTS_FORMAT = 1
 
@@ -71,21 +70,6 @@ class RunResults:
         }
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _format_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -126,5 +110,5 @@ def write_results(results: RunResults, output_dir: Path) -> None:
     """Write ``results.json`` and ``report.md`` into ``output_dir``."""
     results.paths["results"] = str(output_dir / "results.json")
     results.paths["report"] = str(output_dir / "report.md")
-    write_atomically(output_dir / "results.json", json.dumps(results.to_dict(), indent=2) + "\n")
-    write_atomically(output_dir / "report.md", render_markdown(results))
+    write_json_atomic(output_dir / "results.json", results.to_dict(), indent=2)
+    write_text_atomic(output_dir / "report.md", render_markdown(results))

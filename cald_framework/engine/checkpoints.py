@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ..atomic import fsync_dir
 from ..errors import CheckpointError
 from . import treecodec
-from .tensorfiles import fsync_dir, read_tensors, sha256_of, write_tensors
+from .tensorfiles import read_tensors, sha256_of, write_tensors
 
 FORMAT = 1
 STATE_FILE = "state.json"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-from ..errors import CheckpointError, CaldError
+from ..atomic import write_json_atomic
+from ..errors import CaldError, CheckpointError
 from .guidance import Waypoint
-from .tensorfiles import write_json_atomic
 
 MANIFEST = "waypoints.json"
 _FORMAT = 1
