@@ -6,7 +6,6 @@ matters) and a parameter tagged ``_no_weight_decay``; its hidden states follow t
 
 from __future__ import annotations
 
-import gc
 import random
 import weakref
 from collections.abc import Callable, Mapping
@@ -229,7 +228,6 @@ class WaypointLoader:
         self.alive_at_load: list[int] = []
 
     def __call__(self, path: Path) -> nn.Module:
-        gc.collect()
         self.alive_at_load.append(len(self.alive))
         model = TinyModel()
         model.load_state_dict(read_tensors(path))

@@ -113,7 +113,7 @@ class GuidanceContext:
 
 
 def run_frozen(teacher: nn.Module, batch: Mapping[str, Any], precision: Precision) -> CaldOutput:
-    """A teacher forward that nothing back-propagates into: inference mode, the run's autocast."""
+    """A teacher forward that nothing back-propagates into: inference mode, under ``precision``."""
     with torch.inference_mode(), precision.autocast():
         return teacher(**batch["inputs"])
 
