@@ -302,6 +302,12 @@ class CaldModel(PreTrainedModel):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (path / name).is_file():
                 raise CheckpointError(f"{path} is not a saved CaldModel: {name} is missing")
+        model_type = CaldConfig.get_config_dict(path)[0].get("model_type")
+        if model_type != CaldConfig.model_type:
+            raise CheckpointError(
+                f"{path} is not a saved CaldModel: its config.json is for a {model_type!r} model "
+                "(give the source family's checkpoints as teacher.model)"
+            )
         config = CaldConfig.from_pretrained(path)
         model = cls(config, source=source, mixer=mixer)
         try:

@@ -26,6 +26,7 @@ from . import __version__
 from .assets import resolve_references
 from .atomic import write_text_atomic
 from .contracts import HeadSpec, PluginOptions, Task, TaskData
+from .consistency import check_positions, check_target, check_vocabulary
 from .conversion import convert
 from .engine.evaluation import evaluate_model
 from .engine.finetune import FinetuneResult, finetune_teacher
@@ -34,7 +35,7 @@ from .engine.losses import LossConfig
 from .engine.tensorfiles import read_tensors
 from .engine.trainer import train
 from .engine.waypoints import read_waypoints
-from .errors import CaldError
+from .errors import CaldError, CheckpointError
 from .modeling import CaldModel
 from .report import RunResults, SpeedComparison, write_results
 from .spec import ValidatedSpec
@@ -75,6 +76,7 @@ class _Prepared:
     task_options: PluginOptions
     data: TaskData
     max_length: int | None
+    preprocessor: Any
 
     @property
     def head(self) -> HeadSpec:
@@ -83,7 +85,7 @@ class _Prepared:
     def source_teacher(self) -> CaldModel:
         spec = self.validated.spec
         with _seeded(spec.experiment.seed):
-            return CaldModel.from_source(
+            teacher = CaldModel.from_source(
                 spec.teacher.source,
                 self.teacher_model,
                 self.head,
@@ -91,6 +93,9 @@ class _Prepared:
                 task_metadata=self.data.metadata,
                 source=self.validated.source,
             )
+        check_vocabulary(self.preprocessor, teacher, self.teacher_model)
+        check_positions(teacher, self.max_length, self.teacher_model)
+        return teacher
 
 
 def _resolve(validated: ValidatedSpec, value: Any) -> Any:
@@ -113,7 +118,9 @@ def _prepare(validated: ValidatedSpec) -> _Prepared:
     with processes.main_process_first():  # the others then read the main process's data cache
         data = task.build_data(preprocessor, spec.experiment.seed)
     max_length = spec.student.max_length or getattr(task_options, "max_length", None)
-    return _Prepared(validated, output_dir, teacher_model, task, task_options, data, max_length)
+    return _Prepared(
+        validated, output_dir, teacher_model, task, task_options, data, max_length, preprocessor
+    )
 
 
 # ------------------------------------------------------------------ teacher fine-tuning
@@ -233,6 +240,8 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
 
     source_teacher = prepared.source_teacher()
     target_teacher = CaldModel.from_pretrained(target_dir) if target_dir else None
+    if target_teacher is not None:
+        check_target(target_teacher, str(target_dir), source_teacher, prepared.head)
 
     def load_target() -> CaldModel:
         return CaldModel.from_pretrained(target_dir)
@@ -328,5 +337,9 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
 def _with_weights(build: Callable[[], CaldModel], path: Path) -> CaldModel:
     """A fresh model from ``build`` holding the weights of a waypoint file."""
     model = build()
-    model.load_state_dict(read_tensors(path))
+    try:
+        model.load_state_dict(read_tensors(path))
+    except RuntimeError as error:
+        details = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"waypoint {path} does not fit teacher.model: {details}") from error
     return model

@@ -72,8 +72,23 @@ class TransformersFamily(SourceFamily):
 
     # ----------------------------------------------------------------- loading and rebuilding
 
+    def _check_local(self, model: str, location: str, extra: Mapping[str, str], *, config: bool) -> None:
+        """A local directory must not be empty, and hold a ``config.json`` when ``config``.
+
+        GGUF files carry their own config; a preprocessor may be saved without the model's.
+        """
+        path = Path(location).expanduser()
+        if not path.is_dir() or "gguf_file" in extra:
+            return
+        problem = "is empty" if not any(path.iterdir()) else None
+        if problem is None and config and not (path / "config.json").is_file():
+            problem = "has no config.json, so it holds no saved model"
+        if problem:
+            raise CheckpointError(f"cannot load {self.name} model {model!r}: {location} {problem}")
+
     def load_backbone(self, model: str, head: HeadSpec) -> nn.Module:
         location, extra = locate(model)
+        self._check_local(model, location, extra, config=True)
         model_class = self._model_class(head)
         try:
             settings = AutoConfig.from_pretrained(location, **extra, **NO_REMOTE_CODE)
@@ -112,6 +127,7 @@ class TransformersFamily(SourceFamily):
 
     def load_preprocessor(self, model: str) -> Any:
         location, extra = locate(model)
+        self._check_local(model, location, extra, config=False)
         try:
             return self.preprocessor_class.from_pretrained(location, **extra, **NO_REMOTE_CODE)
         except (OSError, ValueError) as error:
