@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.utils import (
     DistributedDataParallelKwargs,
     InitProcessGroupKwargs,
@@ -116,9 +116,29 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.clone() if tensor.is_inference() else tensor.detach()
 
 
+#: accelerate layouts that shard or wrap the model in ways this loop does not drive: it prepares
+#: only the student (never the optimizer) and runs its own backward, clipping and steps, so
+#: under these the student would train unsharded and unsynchronised, or not at all
+_UNSUPPORTED = {
+    DistributedType.DEEPSPEED: "DeepSpeed",
+    DistributedType.FSDP: "FSDP",
+    DistributedType.MEGATRON_LM: "Megatron-LM",
+    DistributedType.XLA: "XLA",
+}
+
+
+def check_distributed_type(kind: DistributedType) -> None:
+    """Refuse an accelerate layout the loop cannot train under, rather than train wrongly."""
+    if kind in _UNSUPPORTED:
+        raise CaldError(
+            f"the accelerate configuration asks for {_UNSUPPORTED[kind]}, which the trainer does not "
+            "support: use one process or data-parallel processes (see docs/distributed.md)"
+        )
+
+
 def _make_accelerator(training: TrainingSection, output_dir: Path) -> Accelerator:
     check_trackers(list(training.trackers))
-    return Accelerator(
+    accelerator = Accelerator(
         # under torchrun on a CPU-only machine, ``cpu=True`` is what makes the processes a group
         cpu=not torch.cuda.is_available(),
         log_with=list(training.trackers) or None,
@@ -131,6 +151,8 @@ def _make_accelerator(training: TrainingSection, output_dir: Path) -> Accelerato
             InitProcessGroupKwargs(timeout=timedelta(hours=2)),
         ],
     )
+    check_distributed_type(accelerator.distributed_type)
+    return accelerator
 
 
 @dataclass(frozen=True)
