@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 import torch
+from accelerate import DistributedType
 
 from cald_framework.engine.tensorfiles import read_tensors
+from cald_framework.engine.trainer import check_distributed_type
+from cald_framework.errors import CaldError
 from scripts.tiny_workspace import build_workspace
 
 pytestmark = pytest.mark.skipif(
@@ -128,3 +131,18 @@ def test_only_the_main_process_writes_and_reports(runs: Path) -> None:
     steps = [event["step"] for event in _train_events(runs / "two" / "metrics.jsonl")]
     assert steps == sorted(set(steps))  # each step logged once, already reduced over processes
     assert _layout(runs / "two") == _layout(runs / "one")
+
+
+@pytest.mark.parametrize(("kind", "name"), [(DistributedType.DEEPSPEED, "DeepSpeed"), (DistributedType.FSDP, "FSDP")])
+def test_layouts_the_trainer_does_not_drive_are_refused(kind: DistributedType, name: str) -> None:
+    with pytest.raises(CaldError) as refused:
+        check_distributed_type(kind)
+    assert str(refused.value) == (
+        f"the accelerate configuration asks for {name}, which the trainer does not support: use one "
+        "process or data-parallel processes (see docs/distributed.md)"
+    )
+
+
+@pytest.mark.parametrize("kind", [DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU])
+def test_data_parallel_layouts_are_accepted(kind: DistributedType) -> None:
+    check_distributed_type(kind)
