@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from cald_framework.analysis.measure import peak_bytes, synthetic_inputs
+from cald_framework.analysis.measure import CLOCKS, peak_bytes, synthetic_inputs
 from cald_framework.analysis.output import figure, format_table, progress, write_csv
 from cald_framework.contracts import HeadSpec
 from cald_framework.conversion import convert
@@ -55,18 +54,21 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
-def _decode(step: Any, first: torch.Tensor, tokens: int) -> tuple[float, int]:
+def _decode(step: Any, first: torch.Tensor, tokens: int, clock: str) -> tuple[float, int]:
     """Median seconds per greedy step over ``tokens`` steps, and the peak bytes of one step."""
+    now = CLOCKS[clock]
     token = first
     times = []
     for _ in range(tokens):
-        start = time.perf_counter()
+        start = now()
         token = step(token)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times), peak_bytes(lambda: step(token), torch.device("cpu"))
 
 
-def teacher_figures(teacher: CaldModel, context: torch.Tensor, tokens: int) -> dict[str, float]:
+def teacher_figures(
+    teacher: CaldModel, context: torch.Tensor, tokens: int, clock: str
+) -> dict[str, float]:
     backbone = teacher.backbone
     output = backbone(input_ids=context, use_cache=True)
     cache = output.past_key_values
@@ -75,17 +77,21 @@ def teacher_figures(teacher: CaldModel, context: torch.Tensor, tokens: int) -> d
         logits = backbone(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits
         return logits[:, -1].argmax(-1)
 
-    seconds, peak = _decode(step, output.logits[:, -1].argmax(-1), tokens)
+    seconds, peak = _decode(step, output.logits[:, -1].argmax(-1), tokens, clock)
     state = sum(_tensor_bytes([layer.keys, layer.values]) for layer in cache.layers)
     return {"teacher_ms_per_token": seconds * 1000, "teacher_state_mb": state / MB,
             "teacher_step_peak_mb": peak / MB}
 
 
-def student_figures(student: CaldModel, context: torch.Tensor, tokens: int) -> dict[str, float]:
+def student_figures(
+    student: CaldModel, context: torch.Tensor, tokens: int, clock: str
+) -> dict[str, float]:
     with RecurrentDecoder(student, context.shape[0]) as decoder:
         for position in range(context.shape[1] - 1):
             decoder.feed(context[:, position])
-        seconds, peak = _decode(lambda t: decoder.feed(t).argmax(-1), context[:, -1], tokens)
+        seconds, peak = _decode(
+            lambda t: decoder.feed(t).argmax(-1), context[:, -1], tokens, clock
+        )
         state = sum(_tensor_bytes(slot.recurrent_state) for slot in decoder.slots)
     return {"student_ms_per_token": seconds * 1000, "student_state_mb": state / MB,
             "student_step_peak_mb": peak / MB}
@@ -110,7 +116,13 @@ def main() -> None:
     parser.add_argument("--contexts", default="128,512,1024,2048,4096")
     parser.add_argument("--tokens", type=int, default=16, help="decoded tokens timed per context")
     parser.add_argument("--out", default="bench-results")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="cpu: CPU seconds of one torch thread, steadier when other jobs share the machine",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     teacher = CaldModel.from_source_config("gpt-neox", PYTHIA_70M, HeadSpec("causal_lm")).eval()
     student, _ = convert(teacher, load_registries().mixers.get("mamba"), {}, 8192)
@@ -120,15 +132,15 @@ def main() -> None:
         for length in progress([int(c) for c in args.contexts.split(",")], "contexts"):
             context = synthetic_inputs(teacher, length, 1)["input_ids"]
             rows.append(
-                {"context": length, **teacher_figures(teacher, context, args.tokens),
-                 **student_figures(student, context, args.tokens)}
+                {"context": length, **teacher_figures(teacher, context, args.tokens, args.clock),
+                 **student_figures(student, context, args.tokens, args.clock)}
             )
     columns = list(rows[0])
     print(format_table(rows, columns))
     out = Path(args.out)
     write_csv(out / "bench_generation.csv", rows, columns)
     plot(rows, out / "bench_generation.png")
-    print(f"torch threads: {torch.get_num_threads()}; results in {out}")
+    print(f"clock: {args.clock}; torch threads: {torch.get_num_threads()}; results in {out}")
 
 
 if __name__ == "__main__":

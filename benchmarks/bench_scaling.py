@@ -10,8 +10,9 @@ The three built-in conversions, each student made with its mixer's default optio
   1 to 60 s of 16 kHz audio.
 
 Random weights take the same time as trained ones, so no checkpoint is downloaded for the last
-two. Each point is the median of ``--repeats`` forwards (batch 1) after a warm-up; peak memory
-is what a forward allocates beyond the weights. A second table gives the training-step time of
+two. Each point is the median of ``--repeats`` forwards (batch 1) after a warm-up, in wall time,
+or with ``--clock cpu`` in CPU time of a single torch thread (steadier when other jobs share
+the machine); peak memory is what a forward allocates beyond the weights. A second table gives the training-step time of
 each guidance mode over unguided training (batch 8 x 128 tokens, or 4 x 4 s of audio).
 
     python benchmarks/bench_scaling.py --out docs/figures
@@ -119,7 +120,7 @@ def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
     student.eval()
     rows = scaling(
         {"teacher": teacher, "student": student}, lengths, repeats=args.repeats,
-        max_seconds=args.max_seconds, scenario=f"{name} -> {scenario.mixer}",
+        max_seconds=args.max_seconds, scenario=f"{name} -> {scenario.mixer}", clock=args.clock,
     )
     overhead = []
     if args.overhead_steps:
@@ -128,7 +129,8 @@ def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
         overhead = [
             {"scenario": name, **row}
             for row in guidance_overhead(
-                student, teacher, batch, proxy_task_loss, steps=args.overhead_steps, update_every=4
+                student, teacher, batch, proxy_task_loss, steps=args.overhead_steps,
+                update_every=4, clock=args.clock,
             )
         ]
     return rows, overhead
@@ -141,7 +143,13 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--overhead-steps", type=int, default=8, help="0 skips the overhead table")
     parser.add_argument("--out", default="bench-results")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="cpu: CPU seconds of one torch thread, steadier when other jobs share the machine",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
     out = Path(args.out)
     rows, overhead = [], []
     for name in args.scenarios.split(","):
@@ -159,7 +167,7 @@ def main() -> None:
     if overhead:
         print(format_table(overhead, list(overhead[0])))
         write_csv(out / "bench_guidance_steps.csv", overhead, list(overhead[0]))
-    print(f"torch threads: {torch.get_num_threads()}; results in {out}")
+    print(f"clock: {args.clock}; torch threads: {torch.get_num_threads()}; results in {out}")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cald_framework.analysis.bench import measure, plot_scaling, scaling, side_by_side, summarise
-from cald_framework.analysis.measure import peak_bytes, positions, synthetic_inputs
+from cald_framework.analysis.measure import (
+    clock_for,
+    median_seconds,
+    peak_bytes,
+    positions,
+    synthetic_inputs,
+)
 from cald_framework.analysis.overhead import guidance_overhead
 from cald_framework.conversion import convert
+from cald_framework.errors import CaldError
 from cald_framework.plugin_manager import load_registries
 
 CPU = torch.device("cpu")
@@ -26,6 +34,15 @@ def test_cpu_peak_counts_live_tensor_bytes_including_frees():
         torch.ones(250_000)
 
     assert peak_bytes(allocate_free_allocate, CPU) == 1_000_000
+
+
+def test_the_cpu_clock_ignores_waiting_and_the_wall_clock_does_not():
+    assert median_seconds(lambda: time.sleep(0.05), 3, CPU, "wall") >= 0.05
+    assert median_seconds(lambda: time.sleep(0.05), 3, CPU, "cpu") < 0.01
+    with pytest.raises(CaldError, match="^the cpu clock cannot time work on a CUDA device"):
+        clock_for("cpu", torch.device("cuda"))
+    with pytest.raises(CaldError, match=r"^unknown clock 'gpu'; expected one of \['cpu', 'wall'\]$"):
+        clock_for("gpu", CPU)
 
 
 def test_synthetic_text_inputs_have_the_length_and_stay_in_the_vocabulary(make_teacher):

@@ -34,9 +34,9 @@ def _is_out_of_memory(error: RuntimeError) -> bool:
 
 
 def measure(
-    model: CaldModel, inputs: Mapping[str, torch.Tensor], repeats: int
+    model: CaldModel, inputs: Mapping[str, torch.Tensor], repeats: int, clock: str = "wall"
 ) -> dict[str, Any]:
-    """``ms`` (median of ``repeats`` after a warm-up) and ``peak_mb`` of one forward.
+    """``ms`` (median of ``repeats`` by ``clock``, after a warm-up) and ``peak_mb`` of one forward.
 
     Memory is measured on a call of its own after the warm-up, since profiling slows it down.
     Running out of memory, or an input the model refuses (e.g. longer than a Linformer's
@@ -52,7 +52,7 @@ def measure(
         with torch.inference_mode():
             forward()
             peak = peak_bytes(forward, device)
-            seconds = median_seconds(forward, repeats, device)
+            seconds = median_seconds(forward, repeats, device, clock)
     except CaldError as error:
         return {"ms": math.nan, "peak_mb": math.nan, "note": str(error)}
     except RuntimeError as error:
@@ -70,11 +70,12 @@ def scaling(
     repeats: int = 5,
     max_seconds: float | None = None,
     scenario: str = "",
+    clock: str = "wall",
 ) -> list[dict[str, Any]]:
     """One row per model and length: ``scenario, model, length, ms, peak_mb, note``.
 
-    Every model sees the same inputs at a given length. Once a model takes more than
-    ``max_seconds`` for one forward, its longer lengths are skipped (noted), which keeps the
+    Every model sees the same inputs at a given length; times are read by ``clock`` (see
+    :data:`.measure.CLOCKS`). Once a model takes more than ``max_seconds`` for one forward, its longer lengths are skipped (noted), which keeps the
     quadratic teacher from dominating the run time.
     """
     rows = []
@@ -87,7 +88,7 @@ def scaling(
                 rows.append({**row, "ms": math.nan, "peak_mb": math.nan, "note": note})
                 continue
             inputs = synthetic_inputs(model, length, batch)
-            figures = measure(model, inputs, repeats)
+            figures = measure(model, inputs, repeats, clock)
             rows.append({**row, **figures})
             if max_seconds is not None and figures["ms"] > max_seconds * 1000:
                 too_slow[name] = length

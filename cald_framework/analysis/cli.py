@@ -93,3 +93,7 @@ def add_analysis_commands(subparsers: Any) -> None:
     )
     bench.add_argument("--overhead-batch", type=int, default=8, help="training rows per step")
     bench.add_argument("--update-every", type=int, default=4, help="trajectory's T_u")
+    bench.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="wall: elapsed time; cpu: CPU time of one torch thread, steadier on a busy machine",
+    )

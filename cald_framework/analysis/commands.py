@@ -153,6 +153,9 @@ def _summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def bench_command(args: argparse.Namespace) -> int:
     device = _device(args.device)
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+        print("note: times are CPU seconds of one thread (torch set to 1 thread)")
     rows: list[dict[str, Any]] = []
     overhead: list[dict[str, Any]] = []
     units = set()
@@ -162,7 +165,7 @@ def bench_command(args: argparse.Namespace) -> int:
         models = {"teacher": teacher, "student": student}
         rows += scaling(
             models, lengths, batch=args.batch, repeats=args.repeats,
-            max_seconds=args.max_seconds, scenario=scenario,
+            max_seconds=args.max_seconds, scenario=scenario, clock=args.clock,
         )
         if run is not None and args.overhead_steps > 0:
             batch = to_device(run.training_batch(args.overhead_batch), device)
@@ -171,6 +174,7 @@ def bench_command(args: argparse.Namespace) -> int:
                 for row in guidance_overhead(
                     student, teacher, batch, run.task.loss,
                     steps=args.overhead_steps, update_every=args.update_every,
+                    clock=args.clock,
                 )
             ]
     out = Path(args.out)

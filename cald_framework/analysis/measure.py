@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CaldError
 from ..modeling import CaldModel
 
 #: sample rate of the audio inputs that speech sources take
@@ -28,15 +29,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(call: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """The median wall time of ``repeats`` calls (the caller warms up first)."""
+#: how durations are read: ``wall`` is elapsed time (synchronised on CUDA); ``cpu`` is the CPU
+#: time of the calling thread, which other jobs on a busy machine barely disturb. It is the whole
+#: cost of a call only when torch computes on that thread alone (``torch.set_num_threads(1)``).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def clock_for(name: str, device: torch.device) -> Callable[[], float]:
+    """The clock called ``name``; CPU time says nothing about work done on a GPU."""
+    if name == "cpu" and device.type == "cuda":
+        raise CaldError("the cpu clock cannot time work on a CUDA device; use the wall clock")
+    if name not in CLOCKS:
+        raise CaldError(f"unknown clock {name!r}; expected one of {sorted(CLOCKS)}")
+    return CLOCKS[name]
+
+
+def median_seconds(
+    call: Callable[[], Any], repeats: int, device: torch.device, clock: str = "wall"
+) -> float:
+    """The median duration of ``repeats`` calls by ``clock`` (the caller warms up first)."""
+    now = clock_for(clock, device)
     times = []
     for _ in range(repeats):
         synchronize(device)
-        start = time.perf_counter()
+        start = now()
         call()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..contracts import CaldOutput, ExtractedStates
 from ..engine.losses import kd_loss, ld_loss
-from .measure import synchronize
+from .measure import clock_for, synchronize
 
 TaskLoss = Callable[[CaldOutput, Mapping[str, Any]], torch.Tensor]
 
@@ -78,14 +77,17 @@ class _Stepper:
             self._update(self.loss(guide, self.batch), self.teacher_optimizer)
 
 
-def _mean_step_seconds(step: Callable[[int], None], steps: int, device: torch.device) -> float:
+def _mean_step_seconds(
+    step: Callable[[int], None], steps: int, device: torch.device, clock: str
+) -> float:
+    now = clock_for(clock, device)
     step(0)  # warm-up: allocates the optimizer state
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     for index in range(steps):
         step(index)
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (now() - start) / steps
 
 
 def guidance_overhead(
@@ -96,10 +98,12 @@ def guidance_overhead(
     *,
     steps: int = 4,
     update_every: int = 4,
+    clock: str = "wall",
 ) -> list[dict[str, Any]]:
     """Rows ``mode, ms_per_step, vs_unguided`` for unguided, frozen-teacher and trajectory steps.
 
-    ``steps`` is rounded up to whole cycles of ``update_every`` (the trajectory's ``T_u``).
+    ``steps`` is rounded up to whole cycles of ``update_every`` (the trajectory's ``T_u``);
+    times are read by ``clock`` (see :data:`.measure.CLOCKS`).
     The models given are not modified: each mode trains copies.
     """
     device = next(student.parameters()).device
@@ -110,7 +114,7 @@ def guidance_overhead(
         "target / waypoint / hybrid": stepper.target,
         f"trajectory (T_u={update_every})": lambda i: stepper.trajectory(i, update_every),
     }
-    seconds = {mode: _mean_step_seconds(step, steps, device) for mode, step in timed.items()}
+    seconds = {mode: _mean_step_seconds(step, steps, device, clock) for mode, step in timed.items()}
     baseline = seconds["unguided"]
     return [
         {"mode": mode, "ms_per_step": value * 1000, "vs_unguided": value / baseline}
