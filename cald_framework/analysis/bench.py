@@ -38,8 +38,8 @@ def measure(
 ) -> dict[str, Any]:
     """``ms`` (median of ``repeats`` by ``clock``, after a warm-up) and ``peak_mb`` of one forward.
 
-    Memory is measured on a call of its own after the warm-up, since profiling slows it down.
-    Running out of memory, or an input the model refuses (e.g. longer than a Linformer's
+    The warm-up call is the one whose memory is measured (it is not timed: on the CPU it runs
+    under the profiler). Running out of memory, or an input the model refuses (e.g. longer than a Linformer's
     ``max_length``), gives ``nan`` figures and the reason in ``note``.
     """
     device = next(model.parameters()).device
@@ -50,7 +50,6 @@ def measure(
     model.eval()
     try:
         with torch.inference_mode():
-            forward()
             peak = peak_bytes(forward, device)
             seconds = median_seconds(forward, repeats, device, clock)
     except CaldError as error:
