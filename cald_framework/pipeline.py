@@ -270,6 +270,7 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
         waypoints=waypoints,
         load_teacher=load_waypoint,
         train_mode=spec.teacher.train_mode,
+        precision=spec.teacher.precision,
     )
     extractor = validated.extractor.build(validated.extractor_options)
     trained = train(

@@ -278,3 +278,12 @@ def test_document_round_trips_through_the_toml_writer(workdir: Path) -> None:
     again = load_spec("again.toml")
     assert again.spec == validated.spec
     assert again.document == validated.document
+
+
+def test_exponential_schedule_needs_a_floor(workdir: Path) -> None:
+    (workdir / "spec.toml").write_text(edit("batch_size = 4", 'batch_size = 4\nschedule = "exponential"'))
+    with pytest.raises(SpecError) as caught:
+        load_spec("spec.toml")
+    assert str(caught.value) == (
+        "spec.toml:25: training: schedule 'exponential' decays toward min_lr_ratio: set it above 0"
+    )

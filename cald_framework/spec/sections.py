@@ -65,6 +65,12 @@ class TrainingSection(Section):
     trackers: list[Literal["tensorboard", "wandb"]] = []
     num_workers: int = Field(default=0, ge=0)
 
+    @model_validator(mode="after")
+    def _exponential_needs_a_floor(self) -> TrainingSection:
+        if self.schedule == "exponential" and self.min_lr_ratio <= 0:
+            raise ValueError("schedule 'exponential' decays toward min_lr_ratio: set it above 0")
+        return self
+
 
 class TeacherSection(Section):
     #: source model plugin name
@@ -79,6 +85,9 @@ class TeacherSection(Section):
     num_waypoints: int = Field(default=10, ge=1)
     #: keep dropout (and SpecAugment) on in the teacher, as the paper's code did
     train_mode: bool = False
+    #: precision of teacher forwards during distillation (default: ``training.precision``);
+    #: ``bf16`` makes targets cheaper while the student trains in fp32
+    precision: Literal["fp32", "bf16"] | None = None
     #: overrides of ``[training]`` for the teacher fine-tuning run
     finetune: dict[str, Any] = {}
 
