@@ -10,6 +10,7 @@ is off, so nothing random depends on the rank. What remains is float32 rounding.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 TOLERANCE = 1e-5
+#: how accelerate wraps a module for training (``prepare`` of other objects are not this)
+ACCELERATE_PREPARE = ("accelerator.prepare", "accelerator.prepare_model")
 TERMS = ("loss", "task", "kd", "ld")
 ENVIRONMENT = {
     **os.environ,
@@ -146,3 +149,15 @@ def test_layouts_the_trainer_does_not_drive_are_refused(kind: DistributedType, n
 @pytest.mark.parametrize("kind", [DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU])
 def test_data_parallel_layouts_are_accepted(kind: DistributedType) -> None:
     check_distributed_type(kind)
+
+
+def test_only_the_student_is_prepared_by_accelerate() -> None:
+    """Teachers are moved to the device by ``GuidanceContext.prepare_teacher`` and never wrapped,
+    so no teacher is sharded, synchronised by DDP or given to a DeepSpeed engine."""
+    root = Path(__file__).resolve().parents[1]
+    prepared = []
+    for path in [*(root / "cald_framework").rglob("*.py"), *(root / "plugins").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(ACCELERATE_PREPARE):
+                prepared.append((path.name, ast.unparse(node)))
+    assert prepared == [("trainer.py", "self.accelerator.prepare_model(student)")]
