@@ -93,11 +93,16 @@ def _finish(process: subprocess.Popen[bytes]) -> None:
         raise SystemExit(f"{process.args} failed ({process.returncode}):\n{stderr.decode()[-3000:]}")
 
 
-def _wait_for_writes(process: subprocess.Popen[bytes], output: Path, count: int) -> bool:
-    """Wait until ``count`` checkpoint writes or deletes were seen; ``False`` if the run ended."""
+def _wait_for_writes(
+    process: subprocess.Popen[bytes], output: Path, count: int, stale: frozenset[Path] = frozenset()
+) -> bool:
+    """Wait until ``count`` new checkpoint writes or deletes were seen; ``False`` if the run ended.
+
+    ``stale`` leftovers of an earlier kill do not count: the new process deletes them first.
+    """
     seen: set[Path] = set()
     while process.poll() is None:
-        seen.update(_leftovers(output))
+        seen.update(set(_leftovers(output)) - stale)
         if len(seen) >= count:
             return True
         time.sleep(POLL_SECONDS)
@@ -134,13 +139,13 @@ def crash_and_resume(workspace: Path, kills: int, first_write: float, rng: rando
     resume = False
     finished = False
     while tally.kills < kills and not finished:
-        before = set(_leftovers(output))
+        before = frozenset(_leftovers(output))
         process = _start(workspace, output.name, resume)
         tally.resumes += resume
         resume = True
         mid_write = (tally.kills + 1) % RANDOM_KILL_EVERY != 0
         if mid_write:
-            alive = _wait_for_writes(process, output, rng.randint(1, 4))
+            alive = _wait_for_writes(process, output, rng.randint(1, 4), before)
         else:
             alive = _wait_for_time(process, rng.uniform(0.0, first_write + 2.0))
         if not alive:
