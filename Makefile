@@ -12,7 +12,7 @@ PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test demo bench system-deps clean
+.PHONY: install test demo bench reliability system-deps clean
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml examples/cald-retnet-mixer/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ demo: install
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_mixers.py
 	$(OFFLINE) $(PY) benchmarks/bench_guidance_overhead.py
+	$(OFFLINE) $(PY) benchmarks/bench_scaling.py
+	$(OFFLINE) $(PY) benchmarks/bench_generation.py
+
+# SIGKILLs a real run again and again (also mid-checkpoint), resumes it, and checks the result
+# is bitwise that of an uninterrupted run (about four minutes on two cores).
+reliability: install
+	$(OFFLINE) $(PY) scripts/crash_resume.py --kills 6 --seed 0
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
