@@ -136,6 +136,22 @@ def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
     return rows, overhead
 
 
+def write(
+    rows: list[dict[str, Any]], overhead: list[dict[str, Any]], out: Path
+) -> list[dict[str, Any]]:
+    """Write the scaling table, its summary and plot, and the guidance-step table; returns the
+    summary."""
+    table = side_by_side(rows)
+    write_csv(out / "bench_scaling.csv", table, list(table[0]))
+    plot_scaling(rows, out / "bench_scaling.png", "tokens or seconds")
+    summary = [{"scenario": s, **summarise([r for r in rows if r["scenario"] == s])}
+               for s in dict.fromkeys(row["scenario"] for row in rows)]
+    write_csv(out / "bench_scaling_summary.csv", summary, list(summary[0]))
+    if overhead:
+        write_csv(out / "bench_guidance_steps.csv", overhead, list(overhead[0]))
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="minilm,pythia,wav2vec2")
@@ -156,17 +172,12 @@ def main() -> None:
         scenario_rows, scenario_overhead = run(name, args)
         rows += scenario_rows
         overhead += scenario_overhead
-    table = side_by_side(rows)
-    print(format_table(table, list(table[0])))
-    write_csv(out / "bench_scaling.csv", table, list(table[0]))
-    plot_scaling(rows, out / "bench_scaling.png", "tokens or seconds")
-    scenarios = dict.fromkeys(row["scenario"] for row in rows)
-    summary = [{"scenario": s, **summarise([r for r in rows if r["scenario"] == s])} for s in scenarios]
+        summary = write(rows, overhead, out)  # after each scenario: a long run keeps its part
+        table = side_by_side(scenario_rows)
+        print(format_table(table, list(table[0])), flush=True)
     print(format_table(summary, list(summary[0])))
-    write_csv(out / "bench_scaling_summary.csv", summary, list(summary[0]))
     if overhead:
         print(format_table(overhead, list(overhead[0])))
-        write_csv(out / "bench_guidance_steps.csv", overhead, list(overhead[0]))
     print(f"clock: {args.clock}; torch threads: {torch.get_num_threads()}; results in {out}")
 
 
