@@ -103,6 +103,9 @@ class MixerContext:
     #: whose output dense stays in the layer); known even when ``projections`` is ``None``, so
     #: a mixer ending in an output projection adds one exactly when the attention had it
     output_projection: bool = True
+    #: whether the replaced attention's projections have biases (Llama's have none); known even
+    #: when ``projections`` is ``None``, so a mixer rebuilt from a config has the saved layout
+    projection_bias: bool = True
 
 
 @runtime_checkable

@@ -246,6 +246,7 @@ class CaldModel(PreTrainedModel):
         reference = next(self.backbone.parameters())
         with torch.no_grad():
             for slot in slots:
+                projections = self.family.projections(slot)
                 context = MixerContext(
                     d_model=d_model,
                     num_heads=num_heads,
@@ -254,8 +255,9 @@ class CaldModel(PreTrainedModel):
                     max_length=self.config.max_sequence_length or 0,
                     causal=self.family.causal,
                     shared=self.shared,
-                    projections=self.family.projections(slot) if with_projections else None,
+                    projections=projections if with_projections else None,
                     output_projection=self.family.slot_has_output,
+                    projection_bias=projections.query.bias is not None,
                 )
                 mixer = plugin.build(validated, context)
                 mixer.to(device=reference.device, dtype=reference.dtype)

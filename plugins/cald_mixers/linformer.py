@@ -55,10 +55,10 @@ class SequenceProjection(nn.Module):
         return projected / lengths.sqrt()[:, None, None]
 
 
-def _reused_linear(linear: nn.Linear | None, d_model: int, role: str) -> nn.Linear:
+def _reused_linear(linear: nn.Linear | None, d_model: int, role: str, bias: bool) -> nn.Linear:
     """A copy of the teacher's projection (so the teacher keeps its own), or a fresh one."""
     if linear is None:
-        return nn.Linear(d_model, d_model)
+        return nn.Linear(d_model, d_model, bias=bias)
     if (linear.in_features, linear.out_features) != (d_model, d_model):
         raise SpecError(
             f"linformer: the {role} projection maps {linear.in_features} -> "
@@ -98,12 +98,16 @@ class LinformerMixer(nn.Module):
         self.num_heads = ctx.num_heads
         self.dropout = options.dropout
         teacher = ctx.projections
-        self.query = _reused_linear(teacher and teacher.query, ctx.d_model, "query")
-        self.key = _reused_linear(teacher and teacher.key, ctx.d_model, "key")
-        self.value = _reused_linear(teacher and teacher.value, ctx.d_model, "value")
+        self.query = _reused_linear(
+            teacher and teacher.query, ctx.d_model, "query", ctx.projection_bias
+        )
+        self.key = _reused_linear(teacher and teacher.key, ctx.d_model, "key", ctx.projection_bias)
+        self.value = _reused_linear(
+            teacher and teacher.value, ctx.d_model, "value", ctx.projection_bias
+        )
         has_output = ctx.output_projection if teacher is None else teacher.output is not None
         self.output = (
-            _reused_linear(teacher and teacher.output, ctx.d_model, "output")
+            _reused_linear(teacher and teacher.output, ctx.d_model, "output", ctx.projection_bias)
             if has_output
             else None
         )

@@ -44,9 +44,9 @@ def head_decays(num_heads: int) -> torch.Tensor:
     return torch.log1p(-(2.0 ** (-5.0 - torch.arange(num_heads, dtype=torch.float64))))
 
 
-def _copy_or_new(linear: nn.Linear | None, width: int) -> nn.Linear:
+def _copy_or_new(linear: nn.Linear | None, width: int, bias: bool) -> nn.Linear:
     """The teacher's projection, copied so the teacher keeps its own; a fresh one without it."""
-    return nn.Linear(width, width) if linear is None else copy.deepcopy(linear)
+    return nn.Linear(width, width, bias=bias) if linear is None else copy.deepcopy(linear)
 
 
 class RetentionMixer(nn.Module):
@@ -62,11 +62,15 @@ class RetentionMixer(nn.Module):
             raise SpecError(f"retention: rotary needs an even head_dim, got {head_dim}")
         self.heads, self.chunk_size = heads, options.chunk_size
         teacher = ctx.projections
-        self.query = _copy_or_new(teacher and teacher.query, width)
-        self.key = _copy_or_new(teacher and teacher.key, width)
-        self.value = _copy_or_new(teacher and teacher.value, width)
+        self.query = _copy_or_new(teacher and teacher.query, width, ctx.projection_bias)
+        self.key = _copy_or_new(teacher and teacher.key, width, ctx.projection_bias)
+        self.value = _copy_or_new(teacher and teacher.value, width, ctx.projection_bias)
         keeps_output = ctx.output_projection if teacher is None else teacher.output is not None
-        self.output = _copy_or_new(teacher and teacher.output, width) if keeps_output else None
+        self.output = (
+            _copy_or_new(teacher and teacher.output, width, ctx.projection_bias)
+            if keeps_output
+            else None
+        )
         self.gate = nn.Linear(width, width)
         self.norm = nn.GroupNorm(heads, width)
         self.register_buffer("log_decay", head_decays(heads).float(), persistent=False)
