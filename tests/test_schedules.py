@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 import torch
 
 from cald_framework.engine.schedules import build_scheduler, lr_factor, warmup_steps_for
@@ -67,6 +68,9 @@ def test_scheduler_sets_the_rate_of_each_update() -> None:
 
 
 def test_exponential_needs_a_floor() -> None:
+    with pytest.raises(ValidationError, match="schedule 'exponential' decays toward min_lr_ratio"):
+        TrainingSection(schedule="exponential")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    unchecked = TrainingSection.model_construct(schedule="exponential", min_lr_ratio=0.0)
     with pytest.raises(CaldError, match="training.min_lr_ratio must be above 0 for the exponential"):
-        build_scheduler(optimizer, TrainingSection(schedule="exponential"), total_steps=10)
+        build_scheduler(optimizer, unchecked, total_steps=10)
