@@ -103,11 +103,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for role, style in (("teacher", "--o"), ("student", "-o")):
             latency.plot(contexts, [r[f"{role}_ms_per_token"] for r in rows], style, label=role)
             memory.plot(contexts, [r[f"{role}_state_mb"] for r in rows], style, label=role)
-        latency.set(ylabel="ms per generated token", title="decoding latency")
+        latency.set(ylabel="ms per generated token", title="decoding latency", ylim=(0, None))
         memory.set(ylabel="decoding state (MiB)", yscale="log", title="KV cache vs recurrent state")
         for axes in (latency, memory):
-            axes.set(xlabel="context length (tokens)", xscale="log")
-            axes.grid(alpha=0.3, which="both")
+            axes.set_xscale("log", base=2)
+            axes.set_xticks(contexts, [str(c) for c in contexts])
+            axes.set(xlabel="context length (tokens)")
+            axes.grid(alpha=0.3)
             axes.legend()
 
 
