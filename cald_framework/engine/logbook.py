@@ -94,9 +94,21 @@ class Logbook:
         line = json.dumps(_json_ready({"event": event, "step": step, **values}))
         with open(self.path, "a") as handle:
             handle.write(line + "\n")
+        self._echo(event, step, values)
         if self.tracked:
             flat = _flatten(values, prefix=f"{event}/")
             self.accelerator.log({k: v for k, v in flat.items() if isinstance(v, (int, float))}, step=step)
+
+    def _echo(self, event: str, step: int, values: dict[str, Any]) -> None:
+        """Evaluations always reach the console; training lines too when no bar is shown (a log file)."""
+        if event == "eval":
+            shown = values["metrics"]
+        elif event == "train" and self.bar.disable:
+            shown = {k: v for k, v in values.items() if k in ("loss", "task", "kd", "ld", "lr")}
+        else:
+            return
+        numbers = ", ".join(f"{key} {value:.4g}" for key, value in shown.items() if isinstance(value, float))
+        tqdm.write(f"[{event} step {step}/{self.bar.total}] {numbers}", file=sys.stderr)
 
     def warn(self, step: int, message: str) -> None:
         if self.active:

@@ -1,0 +1,88 @@
+"""The README's results table: every guidance mode of the quickstart spec, one run after another.
+
+Each row is one ``python -m cald_framework run specs/quickstart.toml --set ...`` command, run as
+it is printed; the table is built from the runs' ``results.json``. The teacher row comes from the
+fine-tuning run that the first command produces (and the others reuse from the teacher cache).
+Rows whose ``results.json`` already exists are not run again (delete ``runs/quickstart*`` to
+start afresh).
+
+    python scripts/quickstart_table.py [--spec specs/quickstart.toml] [--out runs/quickstart-table.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    name: str
+    overrides: tuple[str, ...]
+
+
+ROWS = (
+    Row("target-guided", "quickstart", ()),
+    Row("unguided", "quickstart-unguided", ("guidance.mode=unguided",)),
+    Row("target-guided, source init", "quickstart-target-source-init", ("student.init=source",)),
+    Row("trajectory-guided", "quickstart-trajectory", ("guidance.mode=trajectory",)),
+    Row("waypoint-guided", "quickstart-waypoint", ("guidance.mode=waypoint",)),
+    Row("hybrid (T_h = half the run)", "quickstart-hybrid", ("guidance.mode=hybrid", "guidance.T_h=0.5")),
+)
+
+
+def command(spec: str, row: Row) -> list[str]:
+    sets = [f"experiment.name={row.name}", *row.overrides] if row.name != "quickstart" else []
+    args = ["python", "-m", "cald_framework", "run", spec]
+    for assignment in sets:
+        args += ["--set", assignment]
+    return args
+
+
+def run_row(spec: str, row: Row) -> dict:
+    results_path = Path("runs") / row.name / "results.json"
+    if not results_path.exists():
+        args = command(spec, row)
+        print("$", shlex.join(args), flush=True)
+        subprocess.run([sys.executable, *args[1:]], check=True)
+    return json.loads(results_path.read_text())
+
+
+def render(spec: str, results: dict[Row, dict]) -> str:
+    first = results[ROWS[0]]
+    metric = first["primary_metric"]
+    lines = [
+        f"| run | {metric} | CPU wall time | command |",
+        "|---|---|---|---|",
+        f"| teacher (MiniLM fine-tuned) | {first['teacher_metrics'][metric]:.3f} "
+        f"| {first['teacher_finetune_wall_seconds'] or 0:.0f} s "
+        f"| produced by the first command below |",
+    ]
+    for row in ROWS:
+        result = results[row]
+        lines.append(
+            f"| {row.label} | {result['student_metrics'][metric]:.3f} "
+            f"| {result['train_wall_seconds']:.0f} s | `{shlex.join(command(spec, row))}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="specs/quickstart.toml")
+    parser.add_argument("--out", default="runs/quickstart-table.md")
+    options = parser.parse_args()
+    results = {row: run_row(options.spec, row) for row in ROWS}
+    table = render(options.spec, results)
+    Path(options.out).write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
