@@ -57,12 +57,14 @@ def test_waypoints_hold_the_weights_after_their_steps(tmp_path: Path) -> None:
         "waypoints": {str(s): f"waypoints/step-{s:08d}.safetensors" for s in (2, 4, 6)},
     }
     assert result.metrics.keys() == {"accuracy"}
+    assert result.wall_seconds is not None and result.wall_seconds > 0
 
 
 def test_result_round_trips_through_json(tmp_path: Path) -> None:
     _, result = _finetune(tmp_path, count=2, max_steps=4)
     stored = json.loads(json.dumps(result.to_dict(tmp_path)))
     assert stored["target_dir"] == "target"
+    assert stored["wall_seconds"] > 0
     assert FinetuneResult.from_dict(stored, tmp_path) == result
 
 

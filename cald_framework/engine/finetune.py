@@ -35,6 +35,8 @@ class FinetuneResult:
     waypoints: list[Waypoint]
     #: evaluation metrics of the saved target
     metrics: dict[str, float]
+    #: training time of the fine-tuning run (kept in the cache for reports of later runs)
+    wall_seconds: float | None = None
 
     def to_dict(self, directory: Path) -> dict[str, Any]:
         """JSON-ready, with paths relative to ``directory`` so that the run can move."""
@@ -42,13 +44,20 @@ class FinetuneResult:
             "target_dir": self.target_dir.relative_to(directory).as_posix(),
             "manifest_path": self.manifest_path.relative_to(directory).as_posix(),
             "metrics": self.metrics,
+            "wall_seconds": self.wall_seconds,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], directory: Path) -> FinetuneResult:
         """The inverse of :meth:`to_dict`; the waypoints are read back from the manifest."""
         manifest = directory / data["manifest_path"]
-        return cls(directory / data["target_dir"], manifest, read_waypoints(manifest), data["metrics"])
+        return cls(
+            directory / data["target_dir"],
+            manifest,
+            read_waypoints(manifest),
+            data["metrics"],
+            data.get("wall_seconds"),
+        )
 
 
 class _WaypointSaver:
@@ -110,4 +119,6 @@ def finetune_teacher(
         save_model(teacher, target_dir)
     state.wait_for_everyone()
     manifest = output_dir / MANIFEST
-    return FinetuneResult(target_dir, manifest, read_waypoints(manifest), result.metrics)
+    return FinetuneResult(
+        target_dir, manifest, read_waypoints(manifest), result.metrics, result.wall_seconds
+    )
