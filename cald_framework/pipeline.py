@@ -291,7 +291,7 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     student = trained.model
     student.save_pretrained(prepared.output_dir / "student")
 
-    reference_teacher = target_teacher or source_teacher
+    reference_teacher = target_teacher or trained.trained_teacher or source_teacher
     teacher_metrics = (
         evaluate_model(reference_teacher, prepared.task, prepared.data, spec.training)
         if spec.evaluation.evaluate_teacher

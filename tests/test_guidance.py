@@ -91,7 +91,8 @@ def test_target_runs_the_frozen_teacher_once_per_micro_batch(tmp_path: Path, tra
         return built[-1]
 
     teachers = TeacherSources(target=target, source=_never, train_mode=train_mode)
-    _run("target", tmp_path, teachers, on_step_end=mark_steps(log), batch_size=2, grad_accum=2)
+    result = _run("target", tmp_path, teachers, on_step_end=mark_steps(log), batch_size=2, grad_accum=2)
+    assert result.trained_teacher is None  # a frozen teacher is not the run's to report
     assert len(built) == 1
     assert calls_per_step(log) == [["target", "target"]] * 6
     assert built[0].conditions == {(train_mode, True, False)}  # inference mode, no grad
@@ -173,9 +174,10 @@ def test_trajectory_teacher_updates_every_t_u_steps(tmp_path: Path) -> None:
         log.append("|")
         snapshots.append(state_of(teacher))
 
-    _run("trajectory", tmp_path, TeacherSources(source=lambda: teacher, target=_never),
-         {"T_u": 2, "teacher_lr": 0.05}, on_step_end=record, batch_size=2, grad_accum=2, save_every=1,
-         keep_last=6)
+    result = _run("trajectory", tmp_path, TeacherSources(source=lambda: teacher, target=_never),
+                  {"T_u": 2, "teacher_lr": 0.05}, on_step_end=record, batch_size=2, grad_accum=2,
+                  save_every=1, keep_last=6)
+    assert result.trained_teacher is teacher  # the run reports the teacher it trained
     changed = [
         not torch.equal(before["model.head.weight"], after["model.head.weight"])
         for before, after in zip(snapshots, snapshots[1:])

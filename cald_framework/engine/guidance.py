@@ -139,6 +139,10 @@ class GuidanceSchedule(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; called after building, before the first :meth:`plan`."""
 
+    def trained_teacher(self) -> nn.Module | None:
+        """A teacher this schedule trained during the run, reported as the run's teacher."""
+        return None
+
 
 class TaskOnly(GuidanceSchedule):
     """No teacher at all: the task loss alone (unguided training, teacher fine-tuning)."""

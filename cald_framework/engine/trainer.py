@@ -80,6 +80,8 @@ class TrainResult:
     metrics_path: Path
     last_checkpoint: Path
     best_checkpoint: Path
+    #: the teacher the guidance schedule trained alongside the student, if any (trajectory)
+    trained_teacher: nn.Module | None = None
 
 
 @dataclass
@@ -520,6 +522,7 @@ class _Run:
             metrics_path=self.output_dir / METRICS_FILE,
             last_checkpoint=self.checkpoints / checkpoint_name(progress.step),
             best_checkpoint=self._best_path(),
+            trained_teacher=self.schedule.trained_teacher(),
         )
 
 

@@ -92,6 +92,9 @@ class TrajectorySchedule(GuidanceSchedule):
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
+    def trained_teacher(self) -> torch.nn.Module:
+        return self.teacher
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "teacher": self.teacher.state_dict(),
