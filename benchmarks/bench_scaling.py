@@ -16,6 +16,7 @@ the machine); peak memory is what a forward allocates beyond the weights. A seco
 each guidance mode over unguided training (batch 8 x 128 tokens, or 4 x 4 s of audio).
 
     python benchmarks/bench_scaling.py --out docs/figures
+    python benchmarks/bench_scaling.py --scenarios wav2vec2 --audio-lengths 60,120 --overhead-steps 0
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
     scenario = SCENARIOS[name]
     torch.manual_seed(0)
     teacher = scenario.teacher().eval()
-    lengths = DEFAULT_LENGTHS[teacher.family.modality]
+    lengths = args.lengths.get(teacher.family.modality) or DEFAULT_LENGTHS[teacher.family.modality]
     longest = positions(teacher, synthetic_inputs(teacher, max(lengths), 1))
     if teacher.family.extend_positions(teacher.backbone, longest):
         print(f"{name}: teacher position table extended to {longest} with random rows")
@@ -152,6 +153,10 @@ def write(
     return summary
 
 
+def _numbers(text: str | None, kind: type) -> tuple | None:
+    return tuple(kind(part) for part in text.split(",")) if text else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="minilm,pythia,wav2vec2")
@@ -163,7 +168,13 @@ def main() -> None:
         "--clock", choices=["wall", "cpu"], default="wall",
         help="cpu: CPU seconds of one torch thread, steadier when other jobs share the machine",
     )
+    parser.add_argument("--text-lengths", help="comma-separated token counts (default: 128 to 8192)")
+    parser.add_argument("--audio-lengths", help="comma-separated seconds of audio (default: 1 to 60)")
     args = parser.parse_args()
+    args.lengths = {
+        "text": _numbers(args.text_lengths, int),
+        "audio": _numbers(args.audio_lengths, float),
+    }
     if args.clock == "cpu":
         torch.set_num_threads(1)
     out = Path(args.out)
