@@ -151,12 +151,11 @@ def _teacher_cache(prepared: _Prepared) -> Path:
 
 
 def _finetuned_teacher(prepared: _Prepared, resume: bool) -> tuple[FinetuneResult, float | None]:
-    """The cached fine-tuning run, or a new one; returns it and its wall time (``None`` if cached)."""
+    """The cached fine-tuning run, or a new one; returns it and its training time (``None`` if cached)."""
     directory = _teacher_cache(prepared)
     done = directory / _DONE
     if done.is_file():
         return FinetuneResult.from_dict(json.loads(done.read_text()), directory), None
-    started = time.perf_counter()
     spec = prepared.validated.spec
     result = finetune_teacher(
         prepared.source_teacher(),
@@ -171,7 +170,7 @@ def _finetuned_teacher(prepared: _Prepared, resume: bool) -> tuple[FinetuneResul
     )
     if _processes().is_main_process:
         write_text_atomic(done, json.dumps(result.to_dict(directory), indent=2))
-    return result, time.perf_counter() - started
+    return result, result.wall_seconds
 
 
 # ------------------------------------------------------------------ speed

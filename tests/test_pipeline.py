@@ -133,3 +133,10 @@ def test_teacher_is_fine_tuned_once_and_shared(workdir: Path) -> None:
     assert len(caches) == 1
     manifest = json.loads((caches[0] / "waypoints.json").read_text())
     assert sorted(int(step) for step in manifest["waypoints"]) == [6, 12, 18]
+    done = json.loads((caches[0] / "DONE.json").read_text())
+    reported = [
+        json.loads((workdir / "runs" / f"tiny-{mode}" / "results.json").read_text())["teacher_finetune_wall_seconds"]
+        for mode in MODES
+    ]
+    # the run that fine-tuned reports the time the cache keeps; runs that reused it report none
+    assert [seconds for seconds in reported if seconds is not None] == [done["wall_seconds"]]

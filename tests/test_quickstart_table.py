@@ -8,7 +8,7 @@ from pathlib import Path
 from scripts.quickstart_table import ROWS, command, render
 
 
-def _run_dir(root: Path, name: str, best: float, accuracies: list[float], teacher_seconds: float | None) -> dict:
+def _run_dir(root: Path, name: str, best: float, accuracies: list[float]) -> dict:
     run = root / name
     run.mkdir(parents=True)
     events = [{"event": "eval", "step": 50 * (i + 1), "metrics": {"accuracy": a}} for i, a in enumerate(accuracies)]
@@ -18,7 +18,7 @@ def _run_dir(root: Path, name: str, best: float, accuracies: list[float], teache
         "teacher_metrics": {"accuracy": 0.81},
         "student_metrics": {"accuracy": best},
         "train_wall_seconds": 300.4,
-        "teacher_finetune_wall_seconds": teacher_seconds,
+        "teacher_finetune_wall_seconds": None,  # the teacher came from the cache
         "paths": {"metrics": str(run / "metrics.jsonl"), "teacher": str(root / "teacher" / "target")},
     }
 
@@ -28,7 +28,7 @@ def test_every_row_has_its_command_and_the_cached_teacher_time(tmp_path: Path) -
     teacher.mkdir()
     (teacher / "DONE.json").write_text(json.dumps({"wall_seconds": 133.8}))
     (teacher / "metrics.jsonl").write_text(json.dumps({"event": "eval", "step": 9, "metrics": {"accuracy": 0.8}}) + "\n")
-    results = {row: _run_dir(tmp_path, row.name, 0.7, [0.6, 0.65], None) for row in ROWS}
+    results = {row: _run_dir(tmp_path, row.name, 0.7, [0.6, 0.65]) for row in ROWS}
     lines = render("specs/quickstart.toml", results).splitlines()
     assert lines[2] == "| teacher (MiniLM fine-tuned) | 0.810 | 0.800 | 134 s | produced by the first command below |"
     assert lines[3] == "| target-guided | 0.700 | 0.650 | 300 s | `python -m cald_framework run specs/quickstart.toml` |"
