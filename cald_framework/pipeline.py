@@ -36,12 +36,13 @@ from .engine.tensorfiles import read_tensors
 from .engine.trainer import train
 from .engine.waypoints import read_waypoints
 from .errors import CaldError, CheckpointError
+from .layout import (
+    DONE_FILE, METRICS_FILE, SPEC_FILE, STUDENT_DIR, TEACHER_CACHE_DIR, TRANSFER_REPORT_FILE,
+)
 from .modeling import CaldModel
 from .report import RunResults, SpeedComparison, write_results
 from .spec import ValidatedSpec
 from .spec.toml_writer import dumps
-
-_DONE = "DONE.json"
 
 
 @contextmanager
@@ -109,7 +110,7 @@ def _prepare(validated: ValidatedSpec) -> _Prepared:
     processes = _processes()
     if processes.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(output_dir / "spec.toml", dumps(validated.document))
+        write_text_atomic(output_dir / SPEC_FILE, dumps(validated.document))
     teacher_model = _resolve(validated, spec.teacher.model)
     options_data = _resolve(validated, validated.task_options.model_dump(exclude_unset=True))
     task_options = validated.task.options.model_validate(options_data)
@@ -146,14 +147,14 @@ def _cache_key(prepared: _Prepared) -> str:
 
 def _teacher_cache(prepared: _Prepared) -> Path:
     configured = prepared.validated.spec.experiment.teacher_cache
-    root = Path(configured) if configured else prepared.output_dir / "teacher-cache"
+    root = Path(configured) if configured else prepared.output_dir / TEACHER_CACHE_DIR
     return root / _cache_key(prepared)
 
 
 def _finetuned_teacher(prepared: _Prepared, resume: bool) -> tuple[FinetuneResult, float | None]:
     """The cached fine-tuning run, or a new one; returns it and its training time (``None`` if cached)."""
     directory = _teacher_cache(prepared)
-    done = directory / _DONE
+    done = directory / DONE_FILE
     if done.is_file():
         return FinetuneResult.from_dict(json.loads(done.read_text()), directory), None
     spec = prepared.validated.spec
@@ -261,7 +262,7 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
             init_from=init_from,
         )
     if _processes().is_main_process:
-        transfer.save(prepared.output_dir / "transfer_report.json")
+        transfer.save(prepared.output_dir / TRANSFER_REPORT_FILE)
 
     teachers = TeacherSources(
         source=prepared.source_teacher,
@@ -288,7 +289,7 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     if not _processes().is_main_process:
         return None
     student = trained.model
-    student.save_pretrained(prepared.output_dir / "student")
+    student.save_pretrained(prepared.output_dir / STUDENT_DIR)
 
     reference_teacher = target_teacher or trained.trained_teacher or source_teacher
     teacher_metrics = (
@@ -318,9 +319,9 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
         teacher_finetune_wall_seconds=finetune_seconds,
         speed=speed,
         paths={
-            "student": str(prepared.output_dir / "student"),
-            "transfer_report": str(prepared.output_dir / "transfer_report.json"),
-            "metrics": str(prepared.output_dir / "metrics.jsonl"),
+            "student": str(prepared.output_dir / STUDENT_DIR),
+            "transfer_report": str(prepared.output_dir / TRANSFER_REPORT_FILE),
+            "metrics": str(prepared.output_dir / METRICS_FILE),
             "teacher": str(target_dir or prepared.teacher_model),
         },
         versions={

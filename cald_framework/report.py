@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_json_atomic, write_text_atomic
+from .layout import REPORT_FILE, RESULTS_FILE
 
 RESULTS_FORMAT = 1
 
@@ -108,7 +109,7 @@ def render_markdown(results: RunResults) -> str:
 
 def write_results(results: RunResults, output_dir: Path) -> None:
     """Write ``results.json`` and ``report.md`` into ``output_dir``."""
-    results.paths["results"] = str(output_dir / "results.json")
-    results.paths["report"] = str(output_dir / "report.md")
-    write_json_atomic(output_dir / "results.json", results.to_dict(), indent=2)
-    write_text_atomic(output_dir / "report.md", render_markdown(results))
+    results.paths["results"] = str(output_dir / RESULTS_FILE)
+    results.paths["report"] = str(output_dir / REPORT_FILE)
+    write_json_atomic(output_dir / RESULTS_FILE, results.to_dict(), indent=2)
+    write_text_atomic(output_dir / REPORT_FILE, render_markdown(results))

@@ -33,6 +33,7 @@ from tiny_workspace import build_workspace  # noqa: E402
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint  # noqa: E402
 from cald_framework.engine.tensorfiles import read_tensors  # noqa: E402
 from cald_framework.errors import CheckpointError  # noqa: E402
+from cald_framework.layout import STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR  # noqa: E402
 
 ENVIRONMENT = {
     **os.environ,
@@ -171,8 +172,8 @@ def crash_and_resume(workspace: Path, kills: int, first_write: float, rng: rando
 
 def _weight_files(output: Path) -> list[Path]:
     """The student's weights and the fine-tuned teacher's, in a fixed order."""
-    return [output / "student" / "model.safetensors"] + sorted(
-        output.glob("teacher-cache/*/target/model.safetensors")
+    return [output / STUDENT_DIR / "model.safetensors"] + sorted(
+        output.glob(f"{TEACHER_CACHE_DIR}/*/{TARGET_DIR}/model.safetensors")
     )
 
 

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cald_framework.layout import DONE_FILE, RESULTS_FILE
+
 
 @dataclass(frozen=True)
 class Row:
@@ -56,7 +58,7 @@ def command(spec: str, row: Row) -> list[str]:
 
 
 def run_row(spec: str, row: Row) -> dict:
-    results_path = Path("runs") / row.name / "results.json"
+    results_path = Path("runs") / row.name / RESULTS_FILE
     if not results_path.exists():
         args = command(spec, row)
         print("$", shlex.join(args), flush=True)
@@ -68,7 +70,7 @@ def teacher_seconds(results: dict) -> float:
     """The fine-tuning time: of this run, or of the cached run it reused."""
     if results["teacher_finetune_wall_seconds"] is not None:
         return results["teacher_finetune_wall_seconds"]
-    done = json.loads((Path(results["paths"]["teacher"]).parent / "DONE.json").read_text())
+    done = json.loads((Path(results["paths"]["teacher"]).parent / DONE_FILE).read_text())
     return done["wall_seconds"]
 
 

@@ -16,13 +16,13 @@ import torch
 from cald_tasks.testing import word_level_tokenizer
 from transformers import BertConfig, BertModel
 
+from cald_framework.layout import SPEC_FILE
 from cald_framework.spec.toml_writer import dumps
 
 TONE = {"fresh": ["great", "superb", "moving", "fun"], "rotten": ["dull", "boring", "messy", "flat"]}
 FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
 MODEL_DIR = "tiny-bert"
 DATA_FILE = "reviews.csv"
-SPEC_FILE = "spec.toml"
 
 #: target guidance with a cached teacher fine-tuning run, a checkpoint after every step
 SPEC: dict[str, Any] = {

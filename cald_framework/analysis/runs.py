@@ -29,16 +29,12 @@ from ..engine.checkpoints import list_checkpoints, open_checkpoint
 from ..engine.tensorfiles import read_tensors
 from ..engine.waypoints import MANIFEST, read_waypoints
 from ..errors import CaldError, CheckpointError
+from ..layout import CHECKPOINTS_DIR, RESULTS_FILE, SPEC_FILE, parse_step
 from ..modeling import CaldModel
 from ..spec import ValidatedSpec, load_spec
 from .hidden import Batch
 from .snapshots import Snapshot
 
-SPEC_FILE = "spec.toml"
-#: the pipeline's summary of a finished run; its ``paths.teacher`` is the fine-tuned teacher
-RESULTS_FILE = "results.json"
-#: where the trainer keeps a run's checkpoints (``engine.trainer.CHECKPOINTS_DIR``)
-CHECKPOINTS_DIR = "checkpoints"
 
 
 def find_spec(path: Path) -> Path:
@@ -167,7 +163,7 @@ class Run:
         return [
             Snapshot(
                 self.name,
-                int(path.name.removeprefix("step-")),
+                parse_step(path.name),
                 lambda path=path: self._student_from(path),
             )
             for path in list_checkpoints(location)

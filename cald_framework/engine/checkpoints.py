@@ -28,17 +28,17 @@ from safetensors import safe_open
 
 from ..atomic import fsync_dir
 from ..errors import CheckpointError
+from ..layout import parse_step, step_name
 from . import treecodec
 from .tensorfiles import read_tensors, sha256_of, write_tensors
 
 FORMAT = 1
 STATE_FILE = "state.json"
-_NAME = re.compile(r"^step-(\d{8,})$")
 _TEMP_PREFIX = ".tmp-"
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}"
+    return step_name(step)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Checkpoint directories in ``root``, oldest first (temporaries and other files ignored)."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), entry) for entry in root.iterdir() if (m := _NAME.match(entry.name))]
+    found = [(step, entry) for entry in root.iterdir() if (step := parse_step(entry.name)) is not None]
     return [path for _, path in sorted(found)]
 
 

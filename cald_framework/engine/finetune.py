@@ -15,15 +15,13 @@ from accelerate import PartialState
 from torch import nn
 
 from ..contracts import Task, TaskData
+from ..layout import TARGET_DIR, WAYPOINTS_DIR, waypoint_file
 from ..spec.sections import EvaluationSection, TrainingSection
 from .guidance import Waypoint
 from .losses import LossConfig, LossWeights
 from .tensorfiles import write_tensors
 from .trainer import StepEnd, train
 from .waypoints import MANIFEST, read_waypoints, waypoint_steps, write_manifest
-
-TARGET_DIR = "target"
-WAYPOINTS_DIR = "waypoints"
 
 
 @dataclass(frozen=True)
@@ -69,11 +67,11 @@ class _WaypointSaver:
         steps = waypoint_steps(end.total_steps, self.count)
         if end.step not in steps or not end.is_main_process:
             return
-        path = self.output_dir / WAYPOINTS_DIR / f"step-{end.step:08d}.safetensors"
+        path = self.output_dir / WAYPOINTS_DIR / waypoint_file(end.step)
         write_tensors(path, end.model.state_dict())
         saved = [s for s in steps if s <= end.step]
         waypoints = [
-            Waypoint(s, self.output_dir / WAYPOINTS_DIR / f"step-{s:08d}.safetensors") for s in saved
+            Waypoint(s, self.output_dir / WAYPOINTS_DIR / waypoint_file(s)) for s in saved
         ]
         write_manifest(self.output_dir, end.total_steps, waypoints)
 

@@ -19,8 +19,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..errors import CaldError
+from ..layout import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 logger = logging.getLogger("cald_framework.engine")

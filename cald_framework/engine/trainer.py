@@ -37,7 +37,8 @@ from .batching import batch_rows, epoch_batches, make_loader, to_device, total_s
 from .checkpoints import checkpoint_name, latest_checkpoint, open_checkpoint, prune, remove_temporaries, save_checkpoint
 from .evaluation import evaluate_model
 from .guidance import GuidanceContext, GuidanceSchedule, GuidanceSetup, StepPlan, TaskOnly, TeacherSources
-from .logbook import METRICS_FILE, Logbook, check_trackers
+from ..layout import CHECKPOINTS_DIR, METRICS_FILE, TRACKERS_DIR
+from .logbook import Logbook, check_trackers
 from .losses import LossConfig, LossWeights, combine, kd_loss, ld_loss
 from .optim import build_optimizer
 from .precision import Precision
@@ -45,7 +46,6 @@ from .rng import capture_rng, restore_rng, seed_everything
 from .schedules import build_scheduler
 
 Extractor = Callable[[CaldOutput], ExtractedStates]
-CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def _make_accelerator(training: TrainingSection, output_dir: Path) -> Accelerato
         cpu=not torch.cuda.is_available(),
         log_with=list(training.trackers) or None,
         project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / "trackers")
+            project_dir=str(output_dir), logging_dir=str(output_dir / TRACKERS_DIR)
         ),
         kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=True),

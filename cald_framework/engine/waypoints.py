@@ -12,9 +12,10 @@ from pathlib import Path, PurePosixPath
 
 from ..atomic import write_json_atomic
 from ..errors import CaldError, CheckpointError
+from ..layout import WAYPOINT_MANIFEST
 from .guidance import Waypoint
 
-MANIFEST = "waypoints.json"
+MANIFEST = WAYPOINT_MANIFEST
 _FORMAT = 1
 
 
