@@ -1,9 +1,10 @@
 """Training-step time of target-guided over unguided training, same student, same batches.
 
 A MiniLM-sized BERT (6 layers, width 384, 12 heads) is the teacher; its Linformer conversion is
-the student. Two runs of the engine (its own optimizer step: forward, losses, backward, clip,
-AdamW) take turns on the same batch of synthetic text-classification data, so that changes in
-the machine's load hit both alike; the figures are medians after a warm-up. The guided run adds one teacher forward per micro-batch (inference mode, eval mode,
+the student. Two trainers of the engine take turns at ``Trainer.step`` (one optimizer step:
+forward, losses, backward, clip, AdamW) on the same batch of synthetic text-classification
+data, so that changes in the machine's load hit both alike; the figures are medians after a
+warm-up. The guided run adds one teacher forward per micro-batch (inference mode, eval mode,
 autocast with ``--precision bf16``), reused for the KD and LD targets. Prints both medians and
 their ratio. Not a test: the figures depend on the machine.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -27,78 +27,47 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from cald_tasks.testing import word_level_tokenizer  # noqa: E402
+from text_workload import bert_teacher, linformer_student, text_task  # noqa: E402
 
-from cald_framework.contracts import TaskData  # noqa: E402
-from cald_framework.conversion import convert  # noqa: E402
-from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, TeacherSources  # noqa: E402
-from cald_framework.engine.logbook import Logbook  # noqa: E402
-from cald_framework.engine.trainer import _Run, _Settings  # noqa: E402  (to time single steps)
+from cald_framework.contracts import AvailableTeachers, LossWeights, TaskData  # noqa: E402
+from cald_framework.engine import GuidanceSetup, LossConfig, Trainer  # noqa: E402
 from cald_framework.modeling import CaldModel  # noqa: E402
 from cald_framework.plugin_manager import Registries, load_registries  # noqa: E402
 from cald_framework.spec.sections import EvaluationSection, TrainingSection  # noqa: E402
 
-VOCABULARY = [f"w{i}" for i in range(500)]
 
-
-def _data(directory: Path, rows: int, length: int, registries: Registries) -> tuple[object, TaskData]:
-    """Random ``length``-word texts with random labels, through the real text-classification task."""
-    rng = random.Random(0)
-    for split, count in (("train", rows), ("validation", 16)):
-        lines = ["text,label"] + [
-            f"{' '.join(rng.choices(VOCABULARY, k=length))},{rng.choice('ab')}" for _ in range(count)
-        ]
-        (directory / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    plugin = registries.tasks.get("text-classification")
-    options = plugin.options.model_validate({
-        "dataset": "csv",
-        "data_files": {split: str(directory / f"{split}.csv") for split in ("train", "validation")},
-        "max_length": length,
-        "cache_dir": str(directory / "cache"),
-    })
-    task = plugin.build(options)
-    return task, task.build_data(word_level_tokenizer([" ".join(VOCABULARY)]), seed=0)
-
-
-def _runs(args: argparse.Namespace, registries: Registries, directory: Path) -> tuple[Any, Any, TaskData]:
-    """An unguided and a target-guided run of the engine over the same student and data."""
-    task, data = _data(directory, args.batch, args.length, registries)
-    config = {
-        "model_type": "bert", "vocab_size": 512, "hidden_size": args.width,
-        "intermediate_size": 4 * args.width, "num_hidden_layers": args.layers,
-        "num_attention_heads": args.width // 32, "max_position_embeddings": args.length,
-    }
+def _trainers(
+    args: argparse.Namespace, registries: Registries, directory: Path
+) -> tuple[Trainer, Trainer, TaskData]:
+    """An unguided and a target-guided trainer over the same student and data."""
+    task, data = text_task(directory, args.batch, args.length, registries)
 
     def teacher() -> CaldModel:
-        torch.manual_seed(0)
-        return CaldModel.from_source_config("bert", config, data.head, max_length=args.length)
+        return bert_teacher(data, layers=args.layers, width=args.width, length=args.length)
 
-    linformer = registries.mixers.get("linformer")
     extractor = registries.extractors.get("hidden_states")
     target = registries.guidance.get("target")
     training = TrainingSection(
         batch_size=args.batch, max_steps=10 * (args.steps + args.warmup), precision=args.precision,
         group_by_length=False, log_every=10 * (args.steps + args.warmup),
     )
-    teachers = TeacherSources(target=teacher, precision=args.teacher_precision)
-    runs = []
+    teachers = AvailableTeachers(target=teacher, precision=args.teacher_precision)
+    trainers = []
     for guided in (False, True):
-        student, _ = convert(teacher(), linformer, {"k": args.k}, args.length)
-        settings = _Settings(
-            training, EvaluationSection(),
-            LossConfig(LossWeights(1.0, 1.0, 1.0) if guided else LossWeights(1.0)),
-            directory / str(guided), 0,
-            GuidanceSetup(target, target.options(), teachers) if guided else None,
-            extractor.build(extractor.options()), None,
-        )
-        runs.append(_Run(student, task, data, settings))
-    return runs[0], runs[1], data
+        trainers.append(Trainer(
+            linformer_student(teacher(), registries, k=args.k, length=args.length), task, data,
+            training=training, evaluation=EvaluationSection(),
+            loss=LossConfig(LossWeights(1.0, 1.0, 1.0) if guided else LossWeights(1.0)),
+            output_dir=directory / str(guided), seed=0,
+            guidance=GuidanceSetup(target, target.options(), teachers) if guided else None,
+            extractor=extractor.build(extractor.options()),
+        ))
+    return trainers[0], trainers[1], data
 
 
-def _time_step(run: Any, batch: dict[str, Any], directory: Path) -> float:
-    log = Logbook(directory, run.accelerator, total_steps=run.total_steps, start_step=0, resumed=False, tracked=False)
+def _time_step(trainer: Trainer, batch: dict[str, Any]) -> float:
     started = time.perf_counter()
-    run._step([batch], updates=run.total_steps, log=log)
+    trainer.step([batch])
     return time.perf_counter() - started
 
 
@@ -123,12 +92,12 @@ def main() -> None:
     times: dict[str, list[float]] = {"unguided": [], "guided": []}
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
-        unguided_run, guided_run, data = _runs(args, registries, directory)
+        unguided_trainer, guided_trainer, data = _trainers(args, registries, directory)
         batch = data.collate([data.train[i] for i in range(args.batch)])
         for attempt in range(args.warmup + args.steps):
             # alternate, so that a change in the machine's load hits both alike
-            for name, run in (("unguided", unguided_run), ("guided", guided_run)):
-                seconds = _time_step(run, batch, directory / name)
+            for name, trainer in (("unguided", unguided_trainer), ("guided", guided_trainer)):
+                seconds = _time_step(trainer, batch)
                 if attempt >= args.warmup:
                     times[name].append(seconds)
     unguided, guided = statistics.median(times["unguided"]), statistics.median(times["guided"])

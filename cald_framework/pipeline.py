@@ -25,12 +25,12 @@ from accelerate import PartialState
 from . import __version__
 from .assets import resolve_references
 from .atomic import write_text_atomic
-from .contracts import HeadSpec, PluginOptions, Task, TaskData
+from .contracts import AvailableTeachers, HeadSpec, PluginOptions, Task, TaskData, Waypoint
 from .consistency import check_positions, check_target, check_vocabulary
 from .conversion import convert
 from .engine.evaluation import evaluate_model
 from .engine.finetune import FinetuneResult, finetune_teacher
-from .engine.guidance import GuidanceSetup, TeacherSources, Waypoint
+from .engine.guidance import GuidanceSetup
 from .engine.losses import LossConfig
 from .engine.tensorfiles import read_tensors
 from .engine.trainer import train
@@ -264,7 +264,7 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     if _processes().is_main_process:
         transfer.save(prepared.output_dir / TRANSFER_REPORT_FILE)
 
-    teachers = TeacherSources(
+    teachers = AvailableTeachers(
         source=prepared.source_teacher,
         target=load_target if target_dir else None,
         waypoints=waypoints,

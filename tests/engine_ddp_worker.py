@@ -12,14 +12,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, TeacherSources, train, write_tensors  # noqa: E402
+from cald_framework.contracts import AvailableTeachers, LossWeights  # noqa: E402
+from cald_framework.engine import GuidanceSetup, LossConfig, train, write_tensors  # noqa: E402
 from cald_guidance.plugin import MODES  # noqa: E402
 from tests.engine_fixtures import TinyModel, TinyTask, all_layers, evaluation, tiny_data, training  # noqa: E402
 
 
 def main(out: Path, accumulation: int) -> None:
     trajectory = {mode.name: mode for mode in MODES}["trajectory"]
-    teachers = TeacherSources(source=lambda: TinyModel(seed=7, dropout=0.0))
+    teachers = AvailableTeachers(source=lambda: TinyModel(seed=7, dropout=0.0))
     student = TinyModel(seed=1, dropout=0.0)
     train(
         student, TinyTask(), tiny_data(), loss=LossConfig(LossWeights(1.0, 1.0, 1.0)),

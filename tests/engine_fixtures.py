@@ -24,8 +24,8 @@ from cald_framework.contracts import (
     NoOptions,
     Task,
     TaskData,
+    Waypoint,
 )
-from cald_framework.engine.guidance import Waypoint
 from cald_framework.engine.tensorfiles import read_tensors, write_tensors
 from cald_framework.engine.waypoints import write_manifest
 from cald_framework.spec.sections import EvaluationSection, TrainingSection

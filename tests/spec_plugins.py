@@ -11,7 +11,9 @@ from cald_framework.contracts import (
     MixerPlugin,
     NoOptions,
     PluginOptions,
+    SourceFamily,
     SourcePlugin,
+    Task,
     TaskPlugin,
 )
 from cald_framework.plugin_manager import Registries, empty_registries
@@ -44,19 +46,40 @@ def _unused(*_args: object) -> None:
     raise AssertionError("spec validation must not build plugins")
 
 
+# Abstract families and tasks: they state causality and modality, and cannot be built.
+class _Encoder(SourceFamily):
+    causal, modality = False, "text"
+
+
+class _Decoder(SourceFamily):
+    causal, modality = True, "text"
+
+
+class _Speech(SourceFamily):
+    causal, modality = False, "audio"
+
+
+class _TextTask(Task):
+    modality = "text"
+
+
+class _AudioTask(Task):
+    modality = "audio"
+
+
 def spec_test_registries() -> Registries:
     registries = empty_registries()
     origin = Provenance("spec-test-plugins", "1.0", "tests.spec_plugins")
     for source in (
-        SourcePlugin("enc", _unused, causal=False, modality="text"),
-        SourcePlugin("dec", _unused, causal=True, modality="text"),
-        SourcePlugin("speech", _unused, causal=False, modality="audio"),
+        SourcePlugin("enc", _Encoder),
+        SourcePlugin("dec", _Decoder),
+        SourcePlugin("speech", _Speech),
     ):
         registries.sources.add(source, origin)
     registries.mixers.add(MixerPlugin("bi", BiOptions, _unused, "bidirectional"), origin)
     registries.mixers.add(MixerPlugin("uni", NoOptions, _unused, "causal"), origin)
-    registries.tasks.add(TaskPlugin("cls", TextTaskOptions, _unused, "text"), origin)
-    registries.tasks.add(TaskPlugin("sid", TextTaskOptions, _unused, "audio"), origin)
+    registries.tasks.add(TaskPlugin("cls", TextTaskOptions, _TextTask), origin)
+    registries.tasks.add(TaskPlugin("sid", TextTaskOptions, _AudioTask), origin)
     for mode in (
         GuidancePlugin("unguided", NoOptions, _unused),
         GuidancePlugin("target", NoOptions, _unused, needs_target_teacher=True),

@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cald_framework.analysis.bench import measure, plot_scaling, scaling, side_by_side, summarise
 from cald_framework.analysis.measure import (
@@ -21,6 +20,7 @@ from cald_framework.analysis.overhead import guidance_overhead
 from cald_framework.conversion import convert
 from cald_framework.errors import CaldError
 from cald_framework.plugin_manager import load_registries
+from tests.engine_fixtures import TinyTask, tiny_data
 
 CPU = torch.device("cpu")
 
@@ -133,11 +133,7 @@ def test_guidance_overhead_times_each_step_kind_and_leaves_the_models_alone(pair
     teacher, student = pair["teacher"], pair["student"]
     before = {name: value.clone() for name, value in student.state_dict().items()}
     batch = {"inputs": make_inputs("bert"), "labels": torch.tensor([0, 2])}
-
-    def loss(output, batch):
-        return F.cross_entropy(output.logits, batch["labels"])
-
-    rows = guidance_overhead(student, teacher, batch, loss, steps=2, update_every=2)
+    rows = guidance_overhead(student, teacher, TinyTask(), tiny_data(), batch, steps=2, update_every=2)
     assert [row["mode"] for row in rows] == [
         "unguided", "target / waypoint / hybrid", "trajectory (T_u=2)"
     ]

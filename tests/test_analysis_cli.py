@@ -16,9 +16,9 @@ from transformers import BertConfig, BertModel
 
 from cald_framework.analysis.cli import add_analysis_commands
 from cald_framework.analysis.runs import Run
+from cald_framework.contracts import Waypoint
 from cald_framework.conversion import convert
 from cald_framework.engine.checkpoints import save_checkpoint
-from cald_framework.engine.guidance import Waypoint
 from cald_framework.engine.tensorfiles import write_tensors
 from cald_framework.engine.waypoints import write_manifest
 from cald_framework.errors import CaldError, CheckpointError

@@ -14,10 +14,9 @@ import pytest
 from transformers import GPTNeoXConfig, GPTNeoXModel
 
 from cald_framework import cli
-from cald_framework.contracts import HeadSpec
+from cald_framework.contracts import HeadSpec, Waypoint
 from cald_framework.engine.tensorfiles import write_tensors
 from cald_framework.engine.waypoints import write_manifest
-from cald_framework.engine.guidance import Waypoint
 from cald_framework.modeling import CaldModel
 from cald_framework.spec.toml_writer import dumps
 from scripts.tiny_workspace import DATA_FILE, MODEL_DIR, build_workspace, spec_with, write_bert

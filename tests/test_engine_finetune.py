@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cald_framework.contracts import LossWeights
 from cald_framework.engine import (
     FinetuneResult,
     LossConfig,
-    LossWeights,
     StepEnd,
     finetune_teacher,
     read_tensors,

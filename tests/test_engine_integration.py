@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from cald_tasks.testing import word_level_tokenizer
 
-from cald_framework.contracts import HeadSpec
+from cald_framework.contracts import AvailableTeachers, HeadSpec, LossWeights
 from cald_framework.conversion import convert
-from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, TeacherSources, finetune_teacher, read_tensors, train
+from cald_framework.engine import GuidanceSetup, LossConfig, finetune_teacher, read_tensors, train
 from cald_framework.modeling import CaldModel
 from cald_framework.plugin_manager import load_registries
 from tests.engine_fixtures import evaluation, training
@@ -74,7 +74,7 @@ def test_finetune_then_waypoint_guided_training_of_a_linformer_student(tmp_path:
         loss=LossConfig(LossWeights(1.0, 1.0, 1.0)), output_dir=tmp_path / "student", seed=0,
         guidance=GuidanceSetup(
             guidance, guidance.options(),
-            TeacherSources(source=source, target=lambda: target, waypoints=finetuned.waypoints, load_teacher=load_waypoint),
+            AvailableTeachers(source=source, target=lambda: target, waypoints=finetuned.waypoints, load_teacher=load_waypoint),
         ),
         extractor=extractor_plugin.build(extractor_plugin.options()),
     )

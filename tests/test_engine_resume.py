@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, StepEnd, TeacherSources, train
+from cald_framework.contracts import AvailableTeachers, LossWeights
+from cald_framework.engine import GuidanceSetup, LossConfig, StepEnd, train
 from cald_framework.engine.checkpoints import list_checkpoints
 from cald_guidance.plugin import MODES
 from tests.engine_fixtures import (
@@ -39,11 +40,11 @@ def _crash_at(step: int) -> Any:
     return hook
 
 
-def _teachers(mode: str, waypoint_dir: Path) -> TeacherSources:
+def _teachers(mode: str, waypoint_dir: Path) -> AvailableTeachers:
     if mode == "waypoint":
         waypoints = make_waypoints(waypoint_dir, (2, 4, 6))
-        return TeacherSources(waypoints=waypoints, load_teacher=WaypointLoader([]), train_mode=True)
-    return TeacherSources(
+        return AvailableTeachers(waypoints=waypoints, load_teacher=WaypointLoader([]), train_mode=True)
+    return AvailableTeachers(
         source=lambda: TinyModel(seed=7), target=lambda: TinyModel(seed=5), train_mode=True
     )
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from cald_framework.engine import LossConfig, LossWeights, StepEnd, train
+from cald_framework.contracts import LossWeights
+from cald_framework.engine import LossConfig, StepEnd, train
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint
 from cald_framework.errors import CaldError
 from tests.engine_fixtures import TinyModel, TinyTask, evaluation, state_of, tiny_data, training

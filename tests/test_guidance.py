@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, StepEnd, TeacherSources, train
+from cald_framework.contracts import AvailableTeachers, LossWeights
+from cald_framework.contracts import guidance as guidance_contract
+from cald_framework.engine import GuidanceSetup, LossConfig, StepEnd, train
 from cald_framework.engine.checkpoints import open_checkpoint
 from cald_framework.errors import CaldError
 from cald_framework.plugin_manager import load_registries
@@ -41,7 +44,7 @@ def _never(*_: object) -> Any:
 def _run(
     mode: str,
     out: Path,
-    teachers: TeacherSources,
+    teachers: AvailableTeachers,
     options: dict[str, Any] | None = None,
     *,
     student: TinyModel | None = None,
@@ -76,7 +79,7 @@ def test_builtins_are_registered_through_the_entry_point() -> None:
 
 
 def test_unguided_never_builds_or_calls_a_teacher(tmp_path: Path) -> None:
-    teachers = TeacherSources(source=_never, target=_never, load_teacher=_never)
+    teachers = AvailableTeachers(source=_never, target=_never, load_teacher=_never)
     _run("unguided", tmp_path, teachers)
     assert _logged_terms(tmp_path) == [{"task"}] * 6
 
@@ -90,7 +93,7 @@ def test_target_runs_the_frozen_teacher_once_per_micro_batch(tmp_path: Path, tra
         built.append(Counting(TinyModel(seed=5), "target", log))
         return built[-1]
 
-    teachers = TeacherSources(target=target, source=_never, train_mode=train_mode)
+    teachers = AvailableTeachers(target=target, source=_never, train_mode=train_mode)
     result = _run("target", tmp_path, teachers, on_step_end=mark_steps(log), batch_size=2, grad_accum=2)
     assert result.trained_teacher is None  # a frozen teacher is not the run's to report
     assert len(built) == 1
@@ -103,18 +106,18 @@ def test_target_runs_the_frozen_teacher_once_per_micro_batch(tmp_path: Path, tra
 @pytest.mark.parametrize("precision, autocast", [(None, None), ("bf16", torch.bfloat16)])
 def test_teacher_precision_can_differ_from_the_run(tmp_path: Path, precision: str | None, autocast: torch.dtype | None) -> None:
     teacher = Counting(TinyModel(seed=5), "target", [])
-    _run("target", tmp_path, TeacherSources(target=lambda: teacher, precision=precision), max_steps=1)  # type: ignore[arg-type]
+    _run("target", tmp_path, AvailableTeachers(target=lambda: teacher, precision=precision), max_steps=1)  # type: ignore[arg-type]
     assert teacher.autocast == {autocast}
 
 
 def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CaldError, match="guidance mode 'target' needs the fine-tuned target teacher, but none was given"):
-        _run("target", tmp_path, TeacherSources())
+        _run("target", tmp_path, AvailableTeachers())
 
 
 def test_kd_and_ld_are_zero_when_student_equals_teacher(tmp_path: Path) -> None:
     student = TinyModel(seed=3, dropout=0.0)
-    teachers = TeacherSources(target=lambda: TinyModel(seed=3, dropout=0.0))
+    teachers = AvailableTeachers(target=lambda: TinyModel(seed=3, dropout=0.0))
     _run("target", tmp_path, teachers, student=student, max_steps=1)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert (first["kd"], first["ld"]) == (0.0, 0.0) and first["task"] > 0
@@ -123,7 +126,7 @@ def test_kd_and_ld_are_zero_when_student_equals_teacher(tmp_path: Path) -> None:
 @pytest.mark.parametrize("t_h, guided", [(2, 2), (0.5, 3)])
 def test_hybrid_stops_guidance_and_teacher_after_t_h(tmp_path: Path, t_h: float, guided: int) -> None:
     log: list[str] = []
-    teachers = TeacherSources(target=lambda: Counting(TinyModel(seed=5), "target", log))
+    teachers = AvailableTeachers(target=lambda: Counting(TinyModel(seed=5), "target", log))
     _run("hybrid", tmp_path, teachers, {"T_h": t_h}, on_step_end=mark_steps(log))
     assert calls_per_step(log) == [["target"]] * guided + [[]] * (6 - guided)
     assert _logged_terms(tmp_path) == [{"task", "kd", "ld"}] * guided + [{"task"}] * (6 - guided)
@@ -151,7 +154,7 @@ def test_hybrid_t_h_is_validated(value: float, message: str) -> None:
 def test_waypoint_teacher_is_the_first_ahead(tmp_path: Path, t_w: int | None, expected: list[str]) -> None:
     log: list[str] = []
     loader = WaypointLoader(log)
-    teachers = TeacherSources(waypoints=make_waypoints(tmp_path / "wp"), load_teacher=loader, target=_never)
+    teachers = AvailableTeachers(waypoints=make_waypoints(tmp_path / "wp"), load_teacher=loader, target=_never)
     _run("waypoint", tmp_path / "run", teachers, {"T_w": t_w} if t_w else {}, on_step_end=mark_steps(log))
     assert [names[0] for names in calls_per_step(log)] == expected
     assert [len(names) for names in calls_per_step(log)] == [1] * 6
@@ -160,7 +163,7 @@ def test_waypoint_teacher_is_the_first_ahead(tmp_path: Path, t_w: int | None, ex
 
 def test_waypoint_after_the_last_keeps_the_last(tmp_path: Path) -> None:
     log: list[str] = []
-    teachers = TeacherSources(waypoints=make_waypoints(tmp_path / "wp", (1, 2)), load_teacher=WaypointLoader(log))
+    teachers = AvailableTeachers(waypoints=make_waypoints(tmp_path / "wp", (1, 2)), load_teacher=WaypointLoader(log))
     _run("waypoint", tmp_path / "run", teachers, {"T_w": 1}, on_step_end=mark_steps(log), max_steps=4)
     assert [names[0] for names in calls_per_step(log)] == ["step-00000001", "step-00000002", "step-00000002", "step-00000002"]
 
@@ -174,7 +177,7 @@ def test_trajectory_teacher_updates_every_t_u_steps(tmp_path: Path) -> None:
         log.append("|")
         snapshots.append(state_of(teacher))
 
-    result = _run("trajectory", tmp_path, TeacherSources(source=lambda: teacher, target=_never),
+    result = _run("trajectory", tmp_path, AvailableTeachers(source=lambda: teacher, target=_never),
                   {"T_u": 2, "teacher_lr": 0.05}, on_step_end=record, batch_size=2, grad_accum=2,
                   save_every=1, keep_last=6)
     assert result.trained_teacher is teacher  # the run reports the teacher it trained
@@ -192,3 +195,24 @@ def test_trajectory_teacher_updates_every_t_u_steps(tmp_path: Path) -> None:
     guidance = checkpoint.part("guidance")
     assert torch.equal(guidance["teacher"]["model.head.weight"], snapshots[4]["model.head.weight"])
     assert guidance["scheduler"]["last_epoch"] == 2 and len(guidance["optimizer"]["state"]) > 0
+
+
+def test_the_contract_documentation_shows_a_working_third_party_mode(tmp_path: Path) -> None:
+    """The example in the guidance contract's docstring, run as written, is a complete mode."""
+    example = textwrap.dedent(guidance_contract.__doc__.rsplit("::\n", 1)[1])
+    namespace: dict[str, Any] = {}
+    exec(example, namespace)
+    registered: list[Any] = []
+    namespace["cald_register_guidance"](registered.append)
+    (plugin,) = registered
+    assert (plugin.name, plugin.needs_target_teacher) == ("every-other", True)
+    log: list[str] = []
+    teachers = AvailableTeachers(target=lambda: Counting(TinyModel(seed=5), "target", log))
+    train(
+        TinyModel(seed=1), TinyTask(), tiny_data(), training=training(),
+        evaluation=evaluation(select_best=False), loss=LossConfig(ALL_TERMS), output_dir=tmp_path,
+        seed=0, guidance=GuidanceSetup(plugin, plugin.options(), teachers), extractor=all_layers,
+        on_step_end=mark_steps(log),
+    )
+    assert calls_per_step(log) == [["target"], []] * 3
+    assert _logged_terms(tmp_path) == [{"task", "kd", "ld"}, {"task"}] * 3

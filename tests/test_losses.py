@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from cald_framework.contracts import ExtractedStates
-from cald_framework.engine.losses import LossWeights, combine, kd_loss, ld_loss, masked_mse
+from cald_framework.contracts import ExtractedStates, LossWeights
+from cald_framework.engine.losses import combine, kd_loss, ld_loss, masked_mse
 from cald_framework.errors import CaldError
 
 

@@ -1,120 +1,103 @@
 """What each guidance mode adds to a training step, relative to unguided training.
 
-The steps here are the engine's steps stripped to what costs time, using the engine's own
-loss functions: the student's forward, losses, backward and AdamW update, plus
+Every mode is timed on the engine's own step, :meth:`~cald_framework.engine.Trainer.step`:
+the student's forward, losses, backward, clipping and AdamW update with the run's training and
+distillation settings (precision, clipping, temperature, reductions), plus
 
 * ``target`` (also ``waypoint`` and ``hybrid`` before its switch): a frozen teacher forward in
   inference mode, logit KD and layerwise MSE;
-* ``trajectory``: a teacher forward *with* gradients every step, and every ``T_u``-th step the
-  teacher's own backward and optimizer update.
+* ``trajectory``: the same with a teacher forward *with* gradients every ``T_u``-th step, and
+  the teacher's own backward and update after it.
 
-Hybrid after its switch is an unguided step. Times are means over whole ``T_u`` cycles.
+Hybrid after its switch is an unguided step. Both distillation terms are on (at weight 1:
+time does not depend on the weights). Times are means over whole ``T_u`` cycles.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..contracts import CaldOutput, ExtractedStates
-from ..engine.losses import kd_loss, ld_loss
+from ..contracts import AvailableTeachers, CaldOutput, ExtractedStates, LossWeights, Task, TaskData
+from ..engine import GuidanceSetup, LossConfig, Trainer
+from ..plugin_manager import load_registries
+from ..spec.sections import EvaluationSection, TrainingSection
 from .measure import clock_for, synchronize
 
-TaskLoss = Callable[[CaldOutput, Mapping[str, Any]], torch.Tensor]
+Extractor = Callable[[CaldOutput], ExtractedStates]
 
 
-def _states(output: CaldOutput) -> ExtractedStates:
+def _every_layer(output: CaldOutput) -> ExtractedStates:
+    """The default extractor: every hidden state after the embeddings, as they are."""
     return ExtractedStates(list(output.hidden_states[1:]), output.hidden_mask)
 
 
-def _distillation(student: CaldOutput, teacher: CaldOutput) -> torch.Tensor:
-    mask = student.hidden_mask if student.logits.dim() == 3 else None
-    kd = kd_loss(student.logits, teacher.logits, mask, temperature=2.0, scale_t2=True)
-    return kd + ld_loss(_states(student), _states(teacher), "mean")
-
-
-class _Stepper:
-    """One training step of a student, optionally guided by a teacher, on a fixed batch."""
-
-    def __init__(
-        self, student: nn.Module, teacher: nn.Module, batch: Mapping[str, Any], loss: TaskLoss
-    ):
-        self.student = copy.deepcopy(student).train()
-        self.teacher = copy.deepcopy(teacher).eval()
-        self.batch = batch
-        self.loss = loss
-        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=1e-6)
-        self.teacher_optimizer = torch.optim.AdamW(self.teacher.parameters(), lr=1e-6)
-
-    def _update(self, model_loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        model_loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def unguided(self, step: int) -> None:
-        output = self.student(**self.batch["inputs"])
-        self._update(self.loss(output, self.batch), self.optimizer)
-
-    def target(self, step: int) -> None:
-        with torch.inference_mode():
-            guide = self.teacher(**self.batch["inputs"])
-        output = self.student(**self.batch["inputs"])
-        self._update(self.loss(output, self.batch) + _distillation(output, guide), self.optimizer)
-
-    def trajectory(self, step: int, update_every: int) -> None:
-        guide = self.teacher(**self.batch["inputs"])
-        detached = CaldOutput(
-            guide.logits.detach(), tuple(s.detach() for s in guide.hidden_states), guide.hidden_mask
-        )
-        output = self.student(**self.batch["inputs"])
-        self._update(self.loss(output, self.batch) + _distillation(output, detached), self.optimizer)
-        if (step + 1) % update_every == 0:
-            self._update(self.loss(guide, self.batch), self.teacher_optimizer)
-
-
-def _mean_step_seconds(
-    step: Callable[[int], None], steps: int, device: torch.device, clock: str
-) -> float:
-    now = clock_for(clock, device)
-    step(0)  # warm-up: allocates the optimizer state
-    synchronize(device)
+def _mean_step_seconds(trainer: Trainer, batch: Mapping[str, Any], steps: int, clock: str) -> float:
+    now = clock_for(clock, trainer.device)
+    trainer.step([batch])  # warm-up: allocates the optimizer state
+    synchronize(trainer.device)
     start = now()
-    for index in range(steps):
-        step(index)
-    synchronize(device)
+    for _ in range(steps):
+        trainer.step([batch])
+    synchronize(trainer.device)
     return (now() - start) / steps
 
 
 def guidance_overhead(
     student: nn.Module,
     teacher: nn.Module,
+    task: Task,
+    data: TaskData,
     batch: Mapping[str, Any],
-    loss: TaskLoss,
     *,
+    training: TrainingSection | None = None,
+    loss: LossConfig | None = None,
+    extractor: Extractor | None = None,
     steps: int = 4,
     update_every: int = 4,
     clock: str = "wall",
 ) -> list[dict[str, Any]]:
     """Rows ``mode, ms_per_step, vs_unguided`` for unguided, frozen-teacher and trajectory steps.
 
-    ``steps`` is rounded up to whole cycles of ``update_every`` (the trajectory's ``T_u``);
-    times are read by ``clock`` (see :data:`.measure.CLOCKS`).
+    Each step trains on ``batch`` (one micro-batch); ``data`` only sizes the trainer's run.
+    ``training`` and ``loss`` default to the engine's defaults, ``extractor`` to every hidden
+    state after the embeddings. ``steps`` is rounded up to whole cycles of ``update_every``
+    (the trajectory's ``T_u``); times are read by ``clock`` (see :data:`.measure.CLOCKS`).
     The models given are not modified: each mode trains copies.
     """
-    device = next(student.parameters()).device
     steps = math.ceil(steps / update_every) * update_every
-    stepper = _Stepper(student, teacher, batch, loss)
-    timed = {
-        "unguided": stepper.unguided,
-        "target / waypoint / hybrid": stepper.target,
-        f"trajectory (T_u={update_every})": lambda i: stepper.trajectory(i, update_every),
+    training = (training or TrainingSection()).model_copy(
+        update={"grad_accum": 1, "max_steps": steps + 1, "save_every": None}
+    )
+    loss = replace(loss or LossConfig(), weights=LossWeights(task=1.0, kd=1.0, ld=1.0))
+    teachers = AvailableTeachers(
+        source=lambda: copy.deepcopy(teacher), target=lambda: copy.deepcopy(teacher)
+    )
+    modes = load_registries().guidance
+    target, trajectory = modes.get("target"), modes.get("trajectory")
+    setups = {
+        "unguided": None,
+        "target / waypoint / hybrid": GuidanceSetup(target, target.options(), teachers),
+        f"trajectory (T_u={update_every})": GuidanceSetup(
+            trajectory, trajectory.options(T_u=update_every), teachers
+        ),
     }
-    seconds = {mode: _mean_step_seconds(step, steps, device, clock) for mode, step in timed.items()}
+    seconds = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for mode, setup in setups.items():
+            trainer = Trainer(
+                copy.deepcopy(student), task, data, training=training,
+                evaluation=EvaluationSection(), loss=loss, output_dir=Path(directory), seed=0,
+                guidance=setup, extractor=extractor or _every_layer,
+            )
+            seconds[mode] = _mean_step_seconds(trainer, batch, steps, clock)
     baseline = seconds["unguided"]
     return [
         {"mode": mode, "ms_per_step": value * 1000, "vs_unguided": value / baseline}

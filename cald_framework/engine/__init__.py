@@ -1,43 +1,31 @@
-"""The training engine: the loop, losses, LR schedules, checkpoints and the guidance interface."""
+"""The training engine: the trainer and its step, losses, LR schedules, checkpoints, and the
+host side of the guidance contract (the contract itself is in :mod:`cald_framework.contracts`)."""
 
 from .evaluation import evaluate, evaluate_model
 from .finetune import FinetuneResult, finetune_teacher, save_model
-from .guidance import (
-    FrozenTeacherSchedule,
-    GuidanceContext,
-    GuidanceSchedule,
-    GuidanceSetup,
-    StepPlan,
-    TaskOnly,
-    TeacherSources,
-    Waypoint,
-    run_frozen,
-)
-from .losses import LossConfig, LossWeights
+from .guidance import GuidanceSetup, TrainerContext
+from .losses import LossConfig
+from .step import StepResult
+from .teacher_updates import TrainableTeacher
 from .tensorfiles import read_tensors, write_tensors
-from .trainer import StepEnd, TrainResult, train
+from .trainer import StepEnd, Trainer, TrainResult, train
 from .waypoints import read_waypoints
 
 __all__ = [
     "FinetuneResult",
-    "FrozenTeacherSchedule",
-    "GuidanceContext",
-    "GuidanceSchedule",
     "GuidanceSetup",
     "LossConfig",
-    "LossWeights",
     "StepEnd",
-    "StepPlan",
-    "TaskOnly",
-    "TeacherSources",
+    "StepResult",
     "TrainResult",
-    "Waypoint",
+    "TrainableTeacher",
+    "Trainer",
+    "TrainerContext",
     "evaluate",
     "evaluate_model",
     "finetune_teacher",
     "read_tensors",
     "read_waypoints",
-    "run_frozen",
     "save_model",
     "train",
     "write_tensors",

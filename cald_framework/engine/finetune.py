@@ -14,11 +14,10 @@ from typing import Any
 from accelerate import PartialState
 from torch import nn
 
-from ..contracts import Task, TaskData
+from ..contracts import LossWeights, Task, TaskData, Waypoint
 from ..layout import TARGET_DIR, WAYPOINTS_DIR, waypoint_file
 from ..spec.sections import EvaluationSection, TrainingSection
-from .guidance import Waypoint
-from .losses import LossConfig, LossWeights
+from .losses import LossConfig
 from .tensorfiles import write_tensors
 from .trainer import StepEnd, train
 from .waypoints import MANIFEST, read_waypoints, waypoint_steps, write_manifest

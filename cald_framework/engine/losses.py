@@ -13,24 +13,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..contracts import ExtractedStates
+from ..contracts import ExtractedStates, LossWeights
 from ..errors import CaldError
 from ..spec.sections import GuidanceSection
 
 LdReduction = Literal["mean", "sum"]
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The alphas of the three terms; a schedule may set some to zero for a step."""
-
-    task: float = 1.0
-    kd: float = 0.0
-    ld: float = 0.0
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.kd > 0 or self.ld > 0
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..contracts import ScheduleName, lacks_schedule_floor
 from ..errors import CaldError
 from ..spec.sections import TrainingSection
-
-ScheduleName = Literal["constant", "linear", "cosine", "exponential"]
 
 
 def lr_factor(
@@ -58,7 +56,7 @@ def warmup_steps_for(training: TrainingSection, total_steps: int) -> int:
 
 def build_scheduler(optimizer: Optimizer, training: TrainingSection, total_steps: int) -> LambdaLR:
     """The schedule that ``training`` names, over ``total_steps`` optimizer updates."""
-    if training.schedule == "exponential" and training.min_lr_ratio <= 0:
+    if lacks_schedule_floor(training.schedule, training.min_lr_ratio):
         raise CaldError(
             "training.min_lr_ratio must be above 0 for the exponential schedule "
             "(it decays to lr * min_lr_ratio)"

@@ -11,9 +11,9 @@ import json
 from pathlib import Path, PurePosixPath
 
 from ..atomic import write_json_atomic
+from ..contracts import Waypoint
 from ..errors import CaldError, CheckpointError
 from ..layout import WAYPOINT_MANIFEST
-from .guidance import Waypoint
 
 MANIFEST = WAYPOINT_MANIFEST
 _FORMAT = 1

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..assets import AssetName, AssetSpec
-from ..contracts import Location
+from ..contracts import Location, PrecisionName, ScheduleName, lacks_schedule_floor
 
 
 class Section(BaseModel):
@@ -40,7 +40,7 @@ class TrainingSection(Section):
     weight_decay: float = Field(default=0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
-    schedule: Literal["constant", "linear", "cosine", "exponential"] = "linear"
+    schedule: ScheduleName = "linear"
     warmup_steps: int | None = Field(default=None, ge=0)
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     #: floor of the cosine and exponential schedules, as a fraction of ``lr``
@@ -52,7 +52,7 @@ class TrainingSection(Section):
     eval_batch_size: int | None = Field(default=None, gt=0)
     grad_accum: int = Field(default=1, gt=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: PrecisionName = "fp32"
     group_by_length: bool = True
     #: cap on padded tokens (or audio frames) per batch when grouping by length
     max_tokens_per_batch: int | None = Field(default=None, gt=0)
@@ -67,7 +67,7 @@ class TrainingSection(Section):
 
     @model_validator(mode="after")
     def _exponential_needs_a_floor(self) -> TrainingSection:
-        if self.schedule == "exponential" and self.min_lr_ratio <= 0:
+        if lacks_schedule_floor(self.schedule, self.min_lr_ratio):
             raise ValueError("schedule 'exponential' decays toward min_lr_ratio: set it above 0")
         return self
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from cald_framework.contracts import NoOptions, PluginOptions
-from cald_framework.engine.guidance import FrozenTeacherSchedule, GuidanceContext, StepPlan
-from cald_framework.engine.losses import LossWeights
+from cald_framework.contracts import (
+    FrozenTeacherSchedule,
+    GuidanceContext,
+    LossWeights,
+    NoOptions,
+    PluginOptions,
+    StepPlan,
+)
 
 
 class TargetSchedule(FrozenTeacherSchedule):

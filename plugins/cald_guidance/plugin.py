@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cald_framework import hookimpl
-from cald_framework.contracts import GuidancePlugin, NoOptions
-from cald_framework.engine.guidance import GuidanceContext, TaskOnly
+from cald_framework.contracts import GuidanceContext, GuidancePlugin, NoOptions, TaskOnly
 
 from .frozen import HybridOptions, HybridSchedule, TargetSchedule
 from .trajectory import TrajectoryOptions, TrajectorySchedule

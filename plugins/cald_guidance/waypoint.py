@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cald_framework.contracts import PluginOptions
-from cald_framework.engine.guidance import FrozenTeacherSchedule, GuidanceContext, StepPlan
+from cald_framework.contracts import FrozenTeacherSchedule, GuidanceContext, PluginOptions, StepPlan
 
 
 class WaypointOptions(PluginOptions):

@@ -18,12 +18,4 @@ FAMILIES = (BertFamily, GPTNeoXFamily, LlamaFamily, Wav2Vec2Family)
 @hookimpl
 def cald_register_source_models(register: Callable[[SourcePlugin], None]) -> None:
     for family in FAMILIES:
-        register(
-            SourcePlugin(
-                name=family.name,
-                family=family,
-                causal=family.causal,
-                modality=family.modality,
-                description=family.description,
-            )
-        )
+        register(SourcePlugin(name=family.name, family=family, description=family.description))

@@ -44,4 +44,4 @@ TASKS = (
 @hookimpl
 def cald_register_tasks(register: Callable[[TaskPlugin], None]) -> None:
     for task, options, description in TASKS:
-        register(TaskPlugin(task.name, options, task, task.modality, description))
+        register(TaskPlugin(task.name, options, task, description))

@@ -1,0 +1,90 @@
+"""The contracts between the host and its plugins: everything a plugin may import.
+
+Every plugin kind registers one ``*Plugin`` record through its registration hook (see
+:mod:`cald_framework.hookspecs`). The host only ever talks to plugins through these records,
+which is what keeps ``cald_framework/`` free of any concrete model family or mixer. One module
+per concern: :mod:`.options`, :mod:`.mixers`, :mod:`.sources`, :mod:`.tasks`,
+:mod:`.extractors` and :mod:`.guidance`; import the names from here.
+
+Conventions shared by every contract:
+
+* ``padding_mask`` / ``hidden_mask`` are ``bool`` tensors of shape ``[batch, time]``, ``True`` at
+  valid positions. Valid positions always form a prefix (right padding).
+* Hidden states are ``[batch, time, width]``.
+"""
+
+from .extractors import ExtractedStates, ExtractorPlugin
+from .guidance import (
+    AvailableTeachers,
+    FrozenTeacherSchedule,
+    GuidanceContext,
+    GuidancePlugin,
+    GuidanceSchedule,
+    LossWeights,
+    StepPlan,
+    TaskOnly,
+    TeacherKind,
+    TeacherUpdater,
+    Waypoint,
+)
+from .mixers import (
+    AttentionProjections,
+    MixerContext,
+    MixerPlugin,
+    RecurrentMixer,
+    RecurrentSlot,
+    SequenceMixer,
+    no_weight_decay_names,
+)
+from .options import (
+    ASSET_PREFIX,
+    Location,
+    NoOptions,
+    PluginOptions,
+    PrecisionName,
+    ScheduleName,
+    lacks_schedule_floor,
+)
+from .sources import AttentionSlot, PaddingState, SourceFamily, SourcePlugin
+from .tasks import CaldOutput, HeadSpec, MetricAccumulator, Modality, Task, TaskData, TaskPlugin
+
+__all__ = [
+    "ASSET_PREFIX",
+    "AttentionProjections",
+    "AttentionSlot",
+    "AvailableTeachers",
+    "CaldOutput",
+    "ExtractedStates",
+    "ExtractorPlugin",
+    "FrozenTeacherSchedule",
+    "GuidanceContext",
+    "GuidancePlugin",
+    "GuidanceSchedule",
+    "HeadSpec",
+    "Location",
+    "LossWeights",
+    "MetricAccumulator",
+    "MixerContext",
+    "MixerPlugin",
+    "Modality",
+    "NoOptions",
+    "PaddingState",
+    "PluginOptions",
+    "PrecisionName",
+    "RecurrentMixer",
+    "RecurrentSlot",
+    "ScheduleName",
+    "SequenceMixer",
+    "SourceFamily",
+    "SourcePlugin",
+    "StepPlan",
+    "Task",
+    "TaskData",
+    "TaskOnly",
+    "TaskPlugin",
+    "TeacherKind",
+    "TeacherUpdater",
+    "Waypoint",
+    "lacks_schedule_floor",
+    "no_weight_decay_names",
+]

@@ -1,0 +1,29 @@
+"""The extractor contract: which hidden states layerwise distillation compares, normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .options import PluginOptions
+from .tasks import CaldOutput
+
+
+@dataclass
+class ExtractedStates:
+    """The hidden states that layerwise distillation compares, already normalised."""
+
+    layers: list[torch.Tensor]
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExtractorPlugin:
+    """A registered hidden-state extractor: picks and normalises the distilled layers."""
+
+    name: str
+    options: type[PluginOptions]
+    build: Callable[[PluginOptions], Callable[[CaldOutput], ExtractedStates]]
+    description: str = ""

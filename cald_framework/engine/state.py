@@ -1,0 +1,133 @@
+"""The state of a training run: its progress, its checkpoints and the choice of the best one.
+
+A checkpoint holds the student's weights, the optimizer, the guidance schedule's state (a
+separate part, never inside the student's file), the LR schedule, the loss scaler, every
+process's random streams and the :class:`Progress`, so a resumed run continues bitwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from ..contracts import GuidanceSchedule
+from .checkpoints import checkpoint_name, latest_checkpoint, open_checkpoint, prune, save_checkpoint
+from .precision import Precision
+from .rng import capture_rng, restore_rng
+
+
+@dataclass
+class Progress:
+    """The loop's position and bookkeeping, saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    #: optimizer steps done in the current epoch
+    position: int = 0
+    nonfinite_streak: int = 0
+    best_step: int | None = None
+    best_metrics: dict[str, float] | None = None
+    last_metrics: dict[str, float] | None = None
+
+
+def is_better(
+    metrics: dict[str, float], best: dict[str, float] | None, metric: str, higher_is_better: bool
+) -> bool:
+    """Whether ``metrics`` beat the best so far on ``metric`` (anything beats nothing)."""
+    if best is None:
+        return True
+    value, incumbent = metrics[metric], best[metric]
+    return value > incumbent if higher_is_better else value < incumbent
+
+
+class Checkpointer:
+    """Saves and restores everything a resumed run needs, in one run's checkpoint directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        accelerator: Accelerator,
+        *,
+        model: torch.nn.Module,
+        optimizer: Optimizer,
+        scheduler: LRScheduler,
+        precision: Precision,
+        schedule: GuidanceSchedule,
+        total_steps: int,
+    ):
+        self.directory = directory
+        self.accelerator = accelerator
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.precision, self.schedule, self.total_steps = precision, schedule, total_steps
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+
+    def path(self, step: int) -> Path:
+        return self.directory / checkpoint_name(step)
+
+    def save(self, progress: Progress, *, keep_last: int, keep: Collection[Path] = ()) -> Path:
+        """Checkpoint the current state (the main process writes; every process takes part).
+
+        Older checkpoints beyond the newest ``keep_last`` are removed, except those in ``keep``.
+        """
+        rng_states = gather_object([capture_rng()]) if self.world > 1 else [capture_rng()]
+        guidance_state = self.schedule.state_dict()
+        if self.accelerator.is_main_process:
+            parts: dict[str, Any] = {
+                "model": self.accelerator.unwrap_model(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+            }
+            if guidance_state:
+                parts["guidance"] = guidance_state
+            meta = {
+                "progress": asdict(progress),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.precision.state_dict(),
+                "rng": rng_states,
+                "total_steps": self.total_steps,
+                "world_size": self.world,
+            }
+            save_checkpoint(self.directory, progress.step, parts, meta)
+            prune(self.directory, keep_last, keep)
+        self.accelerator.wait_for_everyone()
+        return self.path(progress.step)
+
+    def restore(self, warn: Callable[[str], None]) -> Progress | None:
+        """Load the newest usable checkpoint and return its progress; ``None`` when there is none."""
+        checkpoint = latest_checkpoint(self.directory, warn)
+        if checkpoint is None:
+            warn(f"resume: no checkpoint in {self.directory}, starting from scratch")
+            return None
+        device = self.accelerator.device
+        meta = checkpoint.meta
+        self.accelerator.unwrap_model(self.model).load_state_dict(checkpoint.part("model", device))
+        self.optimizer.load_state_dict(checkpoint.part("optimizer", device))
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.precision.load_state_dict(meta["scaler"])
+        if checkpoint.has_part("guidance"):
+            self.schedule.load_state_dict(checkpoint.part("guidance", device))
+        if meta["total_steps"] != self.total_steps:
+            warn(
+                f"resume: {checkpoint.path} was made for {meta['total_steps']} steps, this run "
+                f"has {self.total_steps}; the learning-rate schedule changes"
+            )
+        if len(meta["rng"]) == self.world:
+            restore_rng(meta["rng"][self.rank])
+        else:
+            warn(
+                f"resume: {checkpoint.path} was made by {len(meta['rng'])} processes, this run has "
+                f"{self.world}; random streams start afresh"
+            )
+        return Progress(**meta["progress"])
+
+    def load_weights(self, step: int) -> None:
+        """Put the student weights of the checkpoint of ``step`` back into the model."""
+        weights = open_checkpoint(self.path(step)).part("model", self.accelerator.device)
+        self.accelerator.unwrap_model(self.model).load_state_dict(weights)
