@@ -38,6 +38,7 @@ demo: install
 
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_mixers.py
+	$(OFFLINE) $(PY) benchmarks/bench_engine_overhead.py
 	$(OFFLINE) $(PY) benchmarks/bench_guidance_overhead.py
 	$(OFFLINE) $(PY) benchmarks/bench_scaling.py
 	$(OFFLINE) $(PY) benchmarks/bench_generation.py
