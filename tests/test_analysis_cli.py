@@ -15,7 +15,7 @@ from cald_tasks.testing import word_level_tokenizer
 from transformers import BertConfig, BertModel
 
 from cald_framework.analysis.cli import add_analysis_commands
-from cald_framework.analysis.runs import Run
+from cald_framework.analysis.runs import RunDirectory
 from cald_framework.conversion import convert
 from cald_framework.engine.checkpoints import save_checkpoint
 from cald_framework.engine.guidance import Waypoint
@@ -96,7 +96,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run_dir / "spec.toml").write_text(SPEC)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        source = Run.open(run_dir, torch.device("cpu")).source_model
+        source = RunDirectory.open(run_dir, torch.device("cpu")).source_model
     student, _ = convert(source, load_registries().mixers.get("linformer"), {"k": 4}, 16)
     for step in (2, 4):
         state = _shifted(student, step).state_dict()
