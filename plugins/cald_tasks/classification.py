@@ -25,9 +25,9 @@ from .collate import Collator
 from .labels import ColumnLabeler, Labeler, LabelIndex
 from .modality import AudioModality, TextModality
 from .options import AudioClassificationOptions, TextClassificationOptions
-from .pipeline import encode_splits
+from .encoding import encode_splits
 from .rows import LabelledEncoder
-from .sources import load_splits
+from .loading import load_splits
 from .tensors import upcast
 
 Scores = Callable[[list[int], list[int]], dict[str, float]]
@@ -99,7 +99,7 @@ class ClassificationTask(Task):
         inputs = self.inputs(preprocessor)
         raw = load_splits(self.options, seed, [*self.input_columns(), *self.label_columns()])
         labels = LabelIndex.build(
-            self.labeler(raw.train.rows), raw.train.rows, raw.train.sources, self.fixed_labels()
+            self.labeler(raw.train.rows), raw.train.rows, raw.train.origins, self.fixed_labels()
         )
         self.label_names = labels.names
         splits = encode_splits(self.options, raw, LabelledEncoder(inputs, labels))
