@@ -17,8 +17,8 @@ import numpy as np
 
 from cald_framework.errors import CaldError, DataError
 
-from .rows import PreprocessedInputs, RowProblem
 from .loading import Origin
+from .rows import PreprocessedInputs, RowProblem
 
 
 def speech_module(name: str) -> ModuleType:

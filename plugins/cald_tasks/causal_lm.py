@@ -20,13 +20,13 @@ from cald_framework.contracts import (
     TaskData,
 )
 from cald_framework.errors import DataError
-from cald_framework.metrics import perplexity
 
 from .collate import IGNORE_INDEX, Collator
-from .options import CausalLMOptions
 from .encoding import encode_splits
-from .rows import cached_map
 from .loading import Origin, load_splits
+from .metrics import perplexity
+from .options import CausalLMOptions
+from .rows import cached_map
 from .tensors import upcast
 from .text import pad_id, require_tokenizer
 

@@ -19,15 +19,15 @@ from cald_framework.contracts import (
     TaskData,
 )
 from cald_framework.errors import CaldError
-from cald_framework.metrics import accuracy, class_f1, macro_f1
 
 from .collate import Collator
+from .encoding import encode_splits
 from .labels import ColumnLabeler, Labeler, LabelIndex
+from .loading import load_splits
+from .metrics import accuracy, class_f1, macro_f1
 from .modality import AudioModality, TextModality
 from .options import AudioClassificationOptions, TextClassificationOptions
-from .encoding import encode_splits
 from .rows import LabelledEncoder
-from .loading import load_splits
 from .tensors import upcast
 
 Scores = Callable[[list[int], list[int]], dict[str, float]]

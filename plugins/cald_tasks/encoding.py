@@ -11,9 +11,9 @@ import datasets
 from cald_framework.contracts import HeadSpec, TaskData
 from cald_framework.errors import DataError
 
+from .loading import RawSplit, RawSplits
 from .options import DataOptions
 from .rows import RowEncoder, encode_split
-from .loading import RawSplit, RawSplits
 
 
 @dataclass(frozen=True)

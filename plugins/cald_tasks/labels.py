@@ -11,8 +11,8 @@ import datasets
 
 from cald_framework.errors import DataError
 
-from .rows import RowProblem
 from .loading import Origin
+from .rows import RowProblem
 
 _SHOWN = 10
 

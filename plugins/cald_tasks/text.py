@@ -10,8 +10,8 @@ from transformers import PreTrainedTokenizerBase
 
 from cald_framework.errors import DataError
 
-from .rows import PreprocessedInputs, RowProblem
 from .loading import Origin
+from .rows import PreprocessedInputs, RowProblem
 
 
 def text_cell(row: dict[str, Any], column: str) -> str:
