@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from cald_testing.models import TINY_MODELS
 from torch import nn
 
 from cald_framework.conversion import ConversionError, convert, transfer_report
 from cald_framework.errors import PluginError
-
-from .conftest import TINY_MODELS
 
 #: cases whose attention an exact softmax mixer reproduces (WavLM adds relative position bias)
 EXACT_CASES = sorted(set(TINY_MODELS) - {"wavlm"})
