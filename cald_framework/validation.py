@@ -68,7 +68,7 @@ def validate_options(
     inherited: Sequence[str] = (),
 ) -> PluginOptions:
     """``values`` as a plugin's option ``model``, or :class:`OptionsError` whose every problem
-    ends with the ``owner`` that refused it, e.g. ``(mixer 'linformer')``."""
+    ends with the ``owner`` that refused it, e.g. ``(mixer 'some-mixer')``."""
     try:
         return model.model_validate(dict(values))
     except ValidationError as error:

@@ -3,6 +3,6 @@ or a mixer.
 
 ``text`` (a word-level tokenizer, made-up reviews), ``audio`` (sine tones), ``engine`` (a tiny
 float64 model, task and data set for the engine) and ``toy_plugins`` (registries of known toy
-plugins for spec validation). The tiny workspaces of the built-in plugins (a small BERT and its
-spec, the folder the CI specs run in) are in the ``cald_testing`` package beside the plugins.
+plugins for spec validation). The tiny workspaces of the built-in plugins (small models of their
+families, with data and specs) are in the ``cald_testing`` package beside the plugins.
 """
