@@ -27,7 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from cald_tasks.testing import word_level_tokenizer  # noqa: E402
 
 from cald_framework.contracts import TaskData  # noqa: E402
 from cald_framework.conversion import convert  # noqa: E402
@@ -37,6 +36,7 @@ from cald_framework.engine.trainer import _Run, _Settings  # noqa: E402  (to tim
 from cald_framework.modeling import CaldModel  # noqa: E402
 from cald_framework.plugin_manager import Registries, load_registries  # noqa: E402
 from cald_framework.spec.sections import EvaluationSection, TrainingSection  # noqa: E402
+from cald_framework.testing.text import word_level_tokenizer  # noqa: E402
 
 VOCABULARY = [f"w{i}" for i in range(500)]
 

@@ -12,7 +12,7 @@ import torch
 from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, StepEnd, TeacherSources, train
 from cald_framework.engine.checkpoints import list_checkpoints
 from cald_guidance.plugin import MODES
-from tests.engine_fixtures import (
+from cald_framework.testing.engine import (
     TinyModel,
     TinyTask,
     WaypointLoader,

@@ -12,7 +12,7 @@ import torch
 from cald_framework.engine import LossConfig, LossWeights, StepEnd, train
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint
 from cald_framework.errors import CaldError
-from tests.engine_fixtures import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
+from cald_framework.testing.engine import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
 
 TASK_ONLY = LossConfig(LossWeights(task=1.0))
 
