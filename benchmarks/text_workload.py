@@ -11,12 +11,12 @@ import random
 from pathlib import Path
 
 import torch
-from cald_tasks.testing import word_level_tokenizer
 
 from cald_framework.contracts import Task, TaskData
 from cald_framework.conversion import convert
 from cald_framework.modeling import CaldModel
 from cald_framework.plugin_manager import Registries
+from cald_framework.testing.text import word_level_tokenizer
 
 VOCABULARY = [f"w{i}" for i in range(500)]
 

@@ -77,7 +77,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
+    from .run.pipeline import run_pipeline
     from .spec import load_spec
 
     validated = load_spec(args.spec, args.set)

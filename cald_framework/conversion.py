@@ -141,8 +141,8 @@ def transfer_report(
         from_attention=_from_attention(before, after, dropped, new, replaced),
         unexpected_missing=[name for name in dropped if not name.startswith(replaced)],
         unexpected_new=[name for name in new if not name.startswith(replaced + ("shared.",))],
-        original_parameters=_parameter_count(original),
-        student_parameters=_parameter_count(student),
+        original_parameters=parameter_count(original),
+        student_parameters=parameter_count(student),
     )
 
 
@@ -190,7 +190,8 @@ def _slot_names(model: CaldModel) -> list[str]:
     ]
 
 
-def _parameter_count(model: nn.Module) -> int:
+def parameter_count(model: nn.Module) -> int:
+    """The number of parameters of ``model``, each shared tensor counted once."""
     return sum(parameter.numel() for parameter in model.parameters())
 
 

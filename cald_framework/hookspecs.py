@@ -69,7 +69,7 @@ def cald_register_guidance(register: Callable[[GuidancePlugin], None]) -> None:
 
 @hookspec
 def cald_register_tasks(register: Callable[[TaskPlugin], None]) -> None:
-    """Register tasks: their data pipeline, model head, task loss and metrics.
+    """Register tasks: how they load and encode data, their model head, task loss and metrics.
 
     Named by ``task.kind`` in a spec. Called once at start-up.
     """

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -33,6 +32,7 @@ from .contracts import (
 )
 from .errors import CheckpointError, PluginError
 from .heads import build_head
+from .validation import validate_options
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -119,7 +119,8 @@ def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]
 
 
 def mixer_options(plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any]) -> PluginOptions:
-    """``options`` as the mixer's own option model (a mapping is validated against it)."""
+    """``options`` as the mixer's own option model (a mapping is validated against it, with the
+    spec's wording: :class:`~cald_framework.validation.OptionsError`)."""
     if isinstance(options, plugin.options):
         return options
     if isinstance(options, PluginOptions):
@@ -127,14 +128,7 @@ def mixer_options(plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any
             f"mixer {plugin.name!r} takes {plugin.options.__name__} options, "
             f"got {type(options).__name__}"
         )
-    try:
-        return plugin.options.model_validate(dict(options))
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, item['loc'])) or 'options'}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise PluginError(f"mixer {plugin.name!r} options: {problems}") from None
+    return validate_options(plugin.options, options, f"mixer {plugin.name!r}")
 
 
 class CaldModel(PreTrainedModel):

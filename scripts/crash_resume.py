@@ -1,6 +1,6 @@
 """Kill a real conversion with SIGKILL again and again, resume it, and check that nothing was lost.
 
-A tiny offline workspace (see :mod:`tiny_workspace`) is converted twice with
+A tiny offline workspace (see :mod:`cald_testing.workspaces`) is converted twice with
 ``python -m cald_framework run``: once straight through, once under fire. The second run is
 killed ``--kills`` times, each kill either the moment a checkpoint write (or delete) is seen in
 progress, i.e. a new ``.tmp-*`` entry in a checkpoints folder, or at a random time; after each
@@ -25,15 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from cald_testing.workspaces import build_review_workspace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tiny_workspace import build_workspace  # noqa: E402
-
-from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint  # noqa: E402
-from cald_framework.engine.tensorfiles import read_tensors  # noqa: E402
-from cald_framework.errors import CheckpointError  # noqa: E402
-from cald_framework.layout import STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR  # noqa: E402
+from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint
+from cald_framework.engine.tensorfiles import read_tensors
+from cald_framework.errors import CheckpointError
+from cald_framework.layout import STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR
 
 ENVIRONMENT = {
     **os.environ,
@@ -193,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="cald-crash-") as temporary:
         workspace = args.workdir or Path(temporary)
-        build_workspace(workspace, {"guidance.mode": args.mode})
+        build_review_workspace(workspace, {"guidance.mode": args.mode})
         first_write = straight_run(workspace)
         print(f"uninterrupted run done (first checkpoint write after {first_write:.1f} s)")
         tally = crash_and_resume(workspace, args.kills, first_write, rng)

@@ -1,10 +1,11 @@
-"""Shared fixtures: tiny model configs for every built-in source family, and test mixers."""
+"""Shared fixtures: tiny models of every built-in source family, test mixers, toy registries."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,111 +13,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
+from cald_testing.models import TINY_MODELS
 from torch import nn
 
 from cald_framework.contracts import (
-    HeadSpec,
     MixerContext,
     MixerPlugin,
     NoOptions,
     PluginOptions,
     SourcePlugin,
 )
-
-_TEXT = {"vocab_size": 60, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
-_AUDIO = {
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "conv_dim": (8, 8),
-    "conv_stride": (5, 2),
-    "conv_kernel": (10, 3),
-    "num_conv_pos_embeddings": 4,
-    "num_conv_pos_embedding_groups": 2,
-    "vocab_size": 12,
-}
-
-#: case -> (source family, backbone config, head); every case builds in well under a second
-TINY_MODELS: dict[str, tuple[str, dict[str, Any], HeadSpec]] = {
-    "bert": (
-        "bert",
-        {"model_type": "bert", "num_attention_heads": 2, "max_position_embeddings": 40, **_TEXT},
-        HeadSpec("classification", 3),
-    ),
-    "roberta": (
-        "bert",
-        {
-            "model_type": "roberta",
-            "num_attention_heads": 4,
-            "max_position_embeddings": 40,
-            "pad_token_id": 1,
-            **_TEXT,
-        },
-        HeadSpec("classification", 2),
-    ),
-    "gpt-neox": (
-        "gpt-neox",
-        {
-            "model_type": "gpt_neox",
-            "num_attention_heads": 4,
-            "max_position_embeddings": 40,
-            "rotary_pct": 0.5,
-            **_TEXT,
-        },
-        HeadSpec("causal_lm"),
-    ),
-    "llama": (
-        "llama",
-        {
-            "model_type": "llama",
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 40,
-            "tie_word_embeddings": True,
-            **_TEXT,
-        },
-        HeadSpec("causal_lm"),
-    ),
-    "llama-classifier": (
-        "llama",
-        {
-            "model_type": "llama",
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 40,
-            **_TEXT,
-        },
-        HeadSpec("classification", 4),
-    ),
-    "wav2vec2": (
-        "wav2vec2",
-        {"model_type": "wav2vec2", **_AUDIO},
-        HeadSpec("token_classification", 7),
-    ),
-    "wav2vec2-stable": (
-        "wav2vec2",
-        {
-            "model_type": "wav2vec2",
-            "do_stable_layer_norm": True,
-            "feat_extract_norm": "layer",
-            **_AUDIO,
-        },
-        HeadSpec("classification", 3),
-    ),
-    # layer-normed feature encoders (as in the large checkpoints) see no padding at all
-    "hubert": (
-        "wav2vec2",
-        {"model_type": "hubert", "feat_extract_norm": "layer", **_AUDIO},
-        HeadSpec("token_classification", 7),
-    ),
-    "wavlm": (
-        "wav2vec2",
-        {"model_type": "wavlm", "feat_extract_norm": "layer", **_AUDIO},
-        HeadSpec("classification", 3),
-    ),
-}
-
+from cald_framework.spec import loader
+from cald_framework.testing.toy_plugins import TOY_DATA, toy_registries
 
 @pytest.fixture(scope="session")
 def source_plugins() -> dict[str, SourcePlugin]:
@@ -162,6 +70,28 @@ def make_inputs() -> Callable[..., dict[str, torch.Tensor]]:
         return {"input_ids": ids, "attention_mask": mask}
 
     return make
+
+
+@pytest.fixture
+def bert(make_teacher: Callable[..., Any]) -> Any:
+    """The tiny BERT teacher."""
+    return make_teacher("bert")
+
+
+@pytest.fixture
+def batches(make_inputs: Callable[..., dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """Two differently seeded text batches for the tiny BERT."""
+    return [make_inputs("bert", seed=1), make_inputs("bert", seed=2)]
+
+
+@pytest.fixture
+def toy_spec_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working directory of a spec validated against the toy registries (see
+    :data:`~cald_framework.testing.toy_plugins.TOY_SPEC`), holding its data file."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loader, "load_registries", toy_registries)
+    (tmp_path / "data.csv").write_text(TOY_DATA)
+    return tmp_path
 
 
 class _ExactAttention(nn.Module):

@@ -20,7 +20,7 @@ from cald_framework.analysis.overhead import guidance_overhead
 from cald_framework.conversion import convert
 from cald_framework.errors import CaldError
 from cald_framework.plugin_manager import load_registries
-from tests.engine_fixtures import TinyTask, tiny_data
+from cald_framework.testing.engine import TinyTask, tiny_data
 
 CPU = torch.device("cpu")
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
-from cald_tasks.testing import word_level_tokenizer
-from transformers import BertConfig, BertModel
+from cald_testing.workspaces import write_review_files
 
 from cald_framework.analysis.cli import add_analysis_commands
-from cald_framework.analysis.runs import Run
+from cald_framework.analysis.runs import RunDirectory
 from cald_framework.contracts import Waypoint
 from cald_framework.conversion import convert
 from cald_framework.engine.checkpoints import save_checkpoint
@@ -23,8 +21,6 @@ from cald_framework.engine.tensorfiles import write_tensors
 from cald_framework.engine.waypoints import write_manifest
 from cald_framework.errors import CaldError, CheckpointError
 from cald_framework.plugin_manager import load_registries
-
-WORDS = ["great", "dull", "fresh", "rotten", "the", "film", "was", "plot", "cast", "very"]
 
 SPEC = """\
 [experiment]
@@ -78,25 +74,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT, a CSV task, and run ``runs/tiny`` with two student checkpoints (steps 2, 4)
     and a teacher cache with two waypoints: step 3 holds the pretrained weights themselves."""
     root = tmp_path_factory.mktemp("analysis")
-    rng = random.Random(0)
-    lines = ["text,label"] + [
-        " ".join(rng.sample(WORDS, 5)) + f",{label}" for label in ["pos", "neg"] * 16
-    ]
-    (root / "reviews.csv").write_text("\n".join(lines) + "\n")
-    tokenizer = word_level_tokenizer(WORDS)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32,
-    )
-    BertModel(config).save_pretrained(root / "tiny-bert")
-    tokenizer.save_pretrained(root / "tiny-bert")
+    write_review_files(root)
     run_dir = root / "runs" / "tiny"
     run_dir.mkdir(parents=True)
     (run_dir / "spec.toml").write_text(SPEC)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        source = Run.open(run_dir, torch.device("cpu")).source_model
+        source = RunDirectory.open(run_dir, torch.device("cpu")).source_model
     student, _ = convert(source, load_registries().mixers.get("linformer"), {"k": 4}, 16)
     for step in (2, 4):
         state = _shifted(student, step).state_dict()

@@ -29,16 +29,6 @@ def _snapshot(model, step: int, run: str = "run") -> Snapshot:
     return Snapshot(run, step, lambda: copy.deepcopy(model))
 
 
-@pytest.fixture
-def bert(make_teacher):
-    return make_teacher("bert")
-
-
-@pytest.fixture
-def batches(make_inputs):
-    return [make_inputs("bert", seed=1), make_inputs("bert", seed=2)]
-
-
 def test_identical_weights_drift_exactly_zero(bert, batches):
     rows = drift(bert, [_snapshot(bert, 5), _snapshot(bert, 10)], batches)
     assert [(row["run"], row["step"]) for row in rows] == [("run", 5), ("run", 10)]

@@ -13,8 +13,6 @@ from cald_framework.analysis.snapshots import Snapshot
 from cald_framework.analysis.trajectory import embed, features, plot_trajectory, trajectory
 from cald_framework.errors import CaldError
 
-from .test_analysis_drift import batches, bert  # noqa: F401 (fixtures)
-
 
 def _noisy(model, seed: int, scale: float):
     changed = copy.deepcopy(model)

@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cald_testing.workspaces import (
+    DATA_FILE,
+    MODEL_DIR,
+    build_review_workspace,
+    spec_with,
+    write_bert,
+)
 from transformers import GPTNeoXConfig, GPTNeoXModel
 
 from cald_framework import cli
@@ -19,7 +26,6 @@ from cald_framework.engine.tensorfiles import write_tensors
 from cald_framework.engine.waypoints import write_manifest
 from cald_framework.modeling import CaldModel
 from cald_framework.spec.toml_writer import dumps
-from scripts.tiny_workspace import DATA_FILE, MODEL_DIR, build_workspace, spec_with, write_bert
 
 #: one epoch of 6 steps for the teacher and the student
 QUICK = {"training.epochs": 1, "teacher.finetune.epochs": 1}
@@ -102,7 +108,7 @@ def _write_table(path: Path, reviews: Path, row: int, replacement: str) -> None:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny workspace plus every misfit: bad tables, teachers, a tokenizer and waypoints."""
     root = tmp_path_factory.mktemp("bad-inputs")
-    build_workspace(root)
+    build_review_workspace(root)
     _write_table(root / "empty-text.csv", root / DATA_FILE, 11, ",fresh")
     _write_table(root / "stale.csv", root / DATA_FILE, 5, "dull plot,stale")
     head = HeadSpec("classification", 2)

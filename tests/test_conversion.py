@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from cald_testing.models import TINY_MODELS
 from torch import nn
 
 from cald_framework.conversion import ConversionError, convert, transfer_report
 from cald_framework.errors import PluginError
-
-from .conftest import TINY_MODELS
 
 #: cases whose attention an exact softmax mixer reproduces (WavLM adds relative position bias)
 EXACT_CASES = sorted(set(TINY_MODELS) - {"wavlm"})
@@ -200,7 +199,9 @@ def test_a_bidirectional_mixer_is_refused_for_a_causal_source(make_teacher, mixe
 
 
 def test_unknown_mixer_options_are_one_line_plugin_errors(make_teacher, mixer_plugins):
-    with pytest.raises(PluginError, match="^mixer 'cumulative-mean' options: rank: Extra inputs"):
+    with pytest.raises(
+        PluginError, match=r"^rank: unknown key 'rank'; it takes no options \(mixer 'cumulative-mean'\)$"
+    ):
         convert(make_teacher("bert"), mixer_plugins["cumulative-mean"], {"rank": 3}, max_length=40)
 
 

@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from cald_testing.models import TINY_MODELS
 
 from cald_framework.conversion import convert
 from cald_framework.modeling import CaldModel
 from cald_framework.plugin_manager import load_registries
-
-from .conftest import TINY_MODELS
 
 SMALL_SSM = {"d_state": 8, "headdim": 8, "chunk_size": 4}
 

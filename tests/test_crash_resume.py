@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cald_testing.workspaces import build_review_workspace
 from safetensors import SafetensorError
 
 from cald_framework import cli
 from cald_framework.engine import tensorfiles
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint, save_checkpoint
 from cald_framework.errors import CheckpointError
-from scripts.tiny_workspace import build_workspace
 
 #: a quick spec: no teacher fine-tuning, six steps, a checkpoint after each, the last two kept
 QUICK = {
@@ -82,7 +82,7 @@ def _assert_same_student(a: Path, b: Path) -> None:
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The student of the uninterrupted run."""
     workspace = tmp_path_factory.mktemp("straight")
-    build_workspace(workspace, QUICK)
+    build_review_workspace(workspace, QUICK)
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert _run(workspace, monkeypatch) == 0
     return workspace / STUDENT
@@ -90,7 +90,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    build_workspace(tmp_path, QUICK)
+    build_review_workspace(tmp_path, QUICK)
     return tmp_path
 
 

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import torch
 from accelerate import DistributedType
+from cald_testing.workspaces import build_review_workspace
 
 from cald_framework.engine.tensorfiles import read_tensors
 from cald_framework.engine.trainer import check_distributed_type
 from cald_framework.errors import CaldError
-from scripts.tiny_workspace import build_workspace
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -93,7 +93,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "training.group_by_length": False,
         "training.save_every": None,
     }
-    build_workspace(workspace, changes, dropout=0.0)
+    build_review_workspace(workspace, changes, dropout=0.0)
     two = _launch(workspace, "two", processes=2, batch_size=4)
     one = _launch(workspace, "one", processes=1, batch_size=8)
     (workspace / "two.out").write_text(_finish(two))

@@ -19,7 +19,7 @@ from cald_framework.engine import (
     train,
 )
 from cald_framework.errors import CaldError, CheckpointError
-from tests.engine_fixtures import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
+from cald_framework.testing.engine import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
 
 
 def _finetune(out: Path, count: int = 3, **changes: object) -> tuple[TinyModel, FinetuneResult]:

@@ -8,14 +8,14 @@ import random
 from pathlib import Path
 
 import torch
-from cald_tasks.testing import word_level_tokenizer
+from cald_framework.testing.text import word_level_tokenizer
 
 from cald_framework.contracts import AvailableTeachers, HeadSpec, LossWeights
 from cald_framework.conversion import convert
 from cald_framework.engine import GuidanceSetup, LossConfig, finetune_teacher, read_tensors, train
 from cald_framework.modeling import CaldModel
 from cald_framework.plugin_manager import load_registries
-from tests.engine_fixtures import evaluation, training
+from cald_framework.testing.engine import evaluation, training
 
 WORDS = "good bad fine dull great awful nice poor".split()
 POSITIVE = {"good", "fine", "great", "nice"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cald_framework.engine.optim import build_optimizer, no_decay_names
-from tests.engine_fixtures import TinyModel, training
+from cald_framework.testing.engine import TinyModel, training
 
 
 def test_biases_norms_and_tagged_parameters_get_no_weight_decay() -> None:

@@ -13,7 +13,7 @@ from cald_framework.contracts import AvailableTeachers, LossWeights
 from cald_framework.engine import GuidanceSetup, LossConfig, StepEnd, train
 from cald_framework.engine.checkpoints import list_checkpoints
 from cald_guidance.plugin import MODES
-from tests.engine_fixtures import (
+from cald_framework.testing.engine import (
     TinyModel,
     TinyTask,
     WaypointLoader,

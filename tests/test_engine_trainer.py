@@ -13,7 +13,7 @@ from cald_framework.contracts import LossWeights
 from cald_framework.engine import LossConfig, StepEnd, train
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint
 from cald_framework.errors import CaldError
-from tests.engine_fixtures import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
+from cald_framework.testing.engine import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
 
 TASK_ONLY = LossConfig(LossWeights(task=1.0))
 

@@ -12,7 +12,7 @@ from torch import nn
 from cald_framework.contracts import AttentionProjections, MixerPlugin, RecurrentMixer
 from cald_framework.errors import SpecError
 
-from .mixers_reference import (
+from cald_testing.mixers import (
     assert_causal,
     assert_padding_is_invisible,
     assert_steps_match_forward,

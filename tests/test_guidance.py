@@ -18,7 +18,7 @@ from cald_framework.engine.checkpoints import open_checkpoint
 from cald_framework.errors import CaldError
 from cald_framework.plugin_manager import load_registries
 from cald_guidance.plugin import MODES
-from tests.engine_fixtures import (
+from cald_framework.testing.engine import (
     Counting,
     TinyModel,
     TinyTask,

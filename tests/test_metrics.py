@@ -5,11 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from sklearn.metrics import f1_score
-
-from cald_framework.metrics import (
+from cald_tasks.metrics import (
     accuracy,
     char_error_rate,
     class_f1,
@@ -17,6 +13,9 @@ from cald_framework.metrics import (
     perplexity,
     word_error_rate,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import f1_score
 
 
 def test_accuracy() -> None:

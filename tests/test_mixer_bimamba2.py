@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from cald_framework.errors import SpecError
 from cald_mixers.bimamba2 import BiMamba2Mixer, BiMamba2Options
 from cald_mixers.padding import reverse_valid_prefix
+from cald_testing.mixers import assert_padding_is_invisible, context, padded_batch
 
-from .mixers_reference import assert_padding_is_invisible, context, padded_batch
+from cald_framework.errors import SpecError
 
 SMALL = {"d_state": 4, "headdim": 4, "chunk_size": 4, "d_conv": 3}
 LENGTHS = [9, 4, 6]

@@ -6,19 +6,18 @@ import math
 
 import pytest
 import torch
-from pydantic import ValidationError
-from torch import nn
-
-from cald_framework.contracts import AttentionProjections
-from cald_framework.errors import DataError, SpecError
 from cald_mixers.linformer import LinformerMixer, LinformerOptions
-
-from .mixers_reference import (
+from cald_testing.mixers import (
     assert_padding_is_invisible,
     context,
     padded_batch,
     softmax_attention,
 )
+from pydantic import ValidationError
+from torch import nn
+
+from cald_framework.contracts import AttentionProjections
+from cald_framework.errors import DataError, SpecError
 
 
 def _projections(width: int, output: bool, seed: int = 0) -> AttentionProjections:

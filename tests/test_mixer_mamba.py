@@ -6,12 +6,10 @@ import math
 
 import pytest
 import torch
-from pydantic import ValidationError
-
 from cald_mixers.mamba import MambaMixer, MambaOptions
 from cald_mixers.scan import BLOCK_ELEMENTS, selective_scan
-
-from .mixers_reference import context, padded_batch, small_mamba
+from cald_testing.mixers import context, padded_batch, small_mamba
+from pydantic import ValidationError
 
 
 def _scan_inputs(time: int) -> tuple[torch.Tensor, ...]:

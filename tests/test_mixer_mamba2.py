@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cald_mixers.mamba2 import Mamba2Mixer, Mamba2Options
+from cald_mixers.ssd import decay_between
+from cald_testing.mixers import context, padded_batch, small_mamba2
 from pydantic import ValidationError
 
 from cald_framework.errors import SpecError
-from cald_mixers.mamba2 import Mamba2Mixer, Mamba2Options
-from cald_mixers.ssd import decay_between
-
-from .mixers_reference import context, padded_batch, small_mamba2
 
 
 def test_decay_between_sums_the_log_decays_after_the_start_up_to_the_end():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cald_mixers.plugin import cald_register_mixers
+from cald_testing.mixers import assert_causal, context, padded_batch
 
 from cald_framework.contracts import MixerPlugin, RecurrentMixer, SequenceMixer
-from cald_mixers.plugin import cald_register_mixers
-
-from .mixers_reference import assert_causal, context, padded_batch
 
 DIRECTIONS = {
     "linformer": "bidirectional",

@@ -8,10 +8,7 @@ import io
 
 import pytest
 import torch
-
-from cald_framework.contracts import no_weight_decay_names
-
-from .mixers_reference import (
+from cald_testing.mixers import (
     assert_causal,
     assert_float32_is_finite_and_close,
     assert_matches_reference,
@@ -23,6 +20,8 @@ from .mixers_reference import (
     small_mamba,
     small_mamba2,
 )
+
+from cald_framework.contracts import no_weight_decay_names
 
 #: name -> (factory, naive reference, name of the time-step bias)
 CASES = {

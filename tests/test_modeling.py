@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from cald_testing.models import TINY_MODELS
 
 from cald_framework.contracts import HeadSpec, PaddingState
 from cald_framework.conversion import convert
 from cald_framework.errors import CaldError, CheckpointError
 from cald_framework.heads import MeanPoolClassifier, TokenClassifier, build_head
 from cald_framework.modeling import CaldModel
-
-from .conftest import TINY_MODELS
 
 
 def _assert_same_output(first, second):

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from cald_tasks.testing import word_level_tokenizer
-from transformers import BertConfig, BertModel
+from cald_testing.workspaces import write_review_files
 
 from cald_framework import cli
 from cald_framework.modeling import CaldModel
 from cald_framework.spec import load_spec
-
-POSITIVE = ["great", "fresh", "superb", "moving", "fun"]
-NEGATIVE = ["dull", "rotten", "boring", "messy", "flat"]
-FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
 
 SPEC = """\
 [experiment]
@@ -69,32 +63,10 @@ MODES = {
 }
 
 
-def review(rng: random.Random, positive: bool) -> str:
-    words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if positive else NEGATIVE, 2)
-    rng.shuffle(words)
-    return " ".join(words)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
-    rng = random.Random(0)
-    rows = ["text,label"] + [
-        f"{review(rng, label == 'fresh')},{label}" for label in ["fresh", "rotten"] * 32
-    ]
-    (root / "reviews.csv").write_text("\n".join(rows) + "\n")
-    tokenizer = word_level_tokenizer(POSITIVE + NEGATIVE + FILLER)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    BertModel(config).save_pretrained(root / "tiny-bert")
-    tokenizer.save_pretrained(root / "tiny-bert")
+    write_review_files(root)
     for mode, extra in MODES.items():
         (root / f"{mode}.toml").write_text(SPEC.format(mode=mode, extra=extra))
     return root

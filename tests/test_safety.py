@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cald_testing.workspaces import MODEL_DIR, build_review_workspace
 
 from cald_framework import cli
 from cald_framework.contracts import HeadSpec
 from cald_framework.engine.checkpoints import STATE_FILE, list_checkpoints
 from cald_framework.modeling import CaldModel
-from scripts.tiny_workspace import MODEL_DIR, build_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the code that runs: the host, the built-in plugins, scripts, benchmarks, the example plugin
@@ -49,7 +49,7 @@ def _write_pickle(path: Path, marker: Path, *, torch_format: bool) -> None:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    build_workspace(tmp_path / "ws", {"training.epochs": 1})
+    build_review_workspace(tmp_path / "ws", {"training.epochs": 1})
     monkeypatch.chdir(tmp_path / "ws")
     return tmp_path / "ws"
 

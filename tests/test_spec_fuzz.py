@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from cald_framework import cli
 from cald_framework.spec.toml_source import parse_toml
 from cald_framework.spec.toml_writer import dumps
+from cald_framework.testing.toy_plugins import TOY_SPEC
 
-from .test_spec_errors import BASE, workdir  # noqa: F401 - the shared fixture
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -45,8 +45,8 @@ values = st.recursive(
 )
 
 
-def assert_clean_outcome(workdir: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
-    (workdir / "spec.toml").write_text(text, encoding="utf-8")
+def assert_clean_outcome(toy_spec_dir: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (toy_spec_dir / "spec.toml").write_text(text, encoding="utf-8")
     code = cli.main(["validate", "spec.toml"])
     captured = capsys.readouterr()
     if code == 0:
@@ -60,17 +60,17 @@ def assert_clean_outcome(workdir: Path, text: str, capsys: pytest.CaptureFixture
 
 @SETTINGS
 @given(document=st.dictionaries(keys, values, max_size=6))
-def test_random_documents(workdir: Path, capsys: pytest.CaptureFixture[str], document: dict[str, Any]) -> None:
-    assert_clean_outcome(workdir, dumps(document), capsys)
+def test_random_documents(toy_spec_dir: Path, capsys: pytest.CaptureFixture[str], document: dict[str, Any]) -> None:
+    assert_clean_outcome(toy_spec_dir, dumps(document), capsys)
 
 
 @SETTINGS
 @given(data=st.data())
-def test_random_edits_of_a_valid_spec(workdir: Path, capsys: pytest.CaptureFixture[str], data: st.DataObject) -> None:
-    position = data.draw(st.integers(min_value=0, max_value=len(BASE)))
+def test_random_edits_of_a_valid_spec(toy_spec_dir: Path, capsys: pytest.CaptureFixture[str], data: st.DataObject) -> None:
+    position = data.draw(st.integers(min_value=0, max_value=len(TOY_SPEC)))
     removed = data.draw(st.integers(min_value=0, max_value=10))
     inserted = data.draw(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6))
-    assert_clean_outcome(workdir, BASE[:position] + inserted + BASE[position + removed :], capsys)
+    assert_clean_outcome(toy_spec_dir, TOY_SPEC[:position] + inserted + TOY_SPEC[position + removed :], capsys)
 
 
 def leaf_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -83,11 +83,11 @@ def leaf_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple
 
 @SETTINGS
 @given(data=st.data())
-def test_random_values_in_a_valid_spec(workdir: Path, capsys: pytest.CaptureFixture[str], data: st.DataObject) -> None:
-    document = parse_toml(BASE, "base")
+def test_random_values_in_a_valid_spec(toy_spec_dir: Path, capsys: pytest.CaptureFixture[str], data: st.DataObject) -> None:
+    document = parse_toml(TOY_SPEC, "base")
     path = data.draw(st.sampled_from(leaf_paths(document)))
     node = document
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = data.draw(values)
-    assert_clean_outcome(workdir, dumps(document), capsys)
+    assert_clean_outcome(toy_spec_dir, dumps(document), capsys)

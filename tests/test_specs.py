@@ -12,12 +12,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cald_testing.workspaces import build_ci_workspace
 
 from cald_framework.errors import SpecError
 from cald_framework.spec import ValidatedSpec, load_spec
 
-from .spec_workspace import REPO, build_workspace
-
+REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"
 SPEC_FILES = sorted(SPECS.rglob("*.toml"))
 RUN_TABLE = SPECS / "paper" / "run_table.sh"
@@ -44,7 +44,7 @@ SPEECH_VARIANTS = {
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = build_workspace(tmp_path_factory.mktemp("specs"))
+    root = build_ci_workspace(tmp_path_factory.mktemp("specs"))
     for name in PREPARED:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).touch()

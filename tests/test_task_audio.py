@@ -18,11 +18,11 @@ from cald_tasks.classification import AudioClassificationTask, SpeakerIdTask
 from cald_tasks.ctc import CharVocabulary, CtcAsrTask
 from cald_tasks.intent import IntentClassificationTask
 from cald_tasks.options import AudioClassificationOptions, CtcOptions, IntentOptions
-from cald_tasks.testing import tone, write_tone
 from transformers import Wav2Vec2FeatureExtractor
 
 from cald_framework.contracts import CaldOutput, HeadSpec
 from cald_framework.errors import DataError
+from cald_framework.testing.audio import tone, write_tone
 
 RATE = 16_000
 

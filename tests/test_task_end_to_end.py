@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from cald_testing.workspaces import build_ci_workspace
 
 from cald_framework import cli
 from cald_framework.contracts import Task, TaskData
@@ -20,7 +21,7 @@ from cald_framework.engine.evaluation import evaluate_model
 from cald_framework.modeling import CaldModel
 from cald_framework.spec import ValidatedSpec, load_spec
 
-from .spec_workspace import CI_SPECS, build_workspace
+CI_SPECS = Path(__file__).resolve().parents[1] / "specs" / "ci"
 
 #: task -> (mixer, mode, student init, the metrics it reports)
 CASES: dict[str, tuple[str, str, str, set[str]]] = {
@@ -41,7 +42,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_workspace(tmp_path_factory.mktemp("tasks"))
+    return build_ci_workspace(tmp_path_factory.mktemp("tasks"))
 
 
 def task_and_data(validated: ValidatedSpec) -> tuple[Task, TaskData]:

@@ -12,12 +12,13 @@ import pytest
 from cald_tasks import plugin
 from cald_tasks.classification import AudioClassificationTask, TextClassificationTask
 from cald_tasks.options import AudioClassificationOptions, TextClassificationOptions
-from cald_tasks.testing import word_level_tokenizer, write_tone
 from cald_tasks.text import TextInputs
 from pydantic import ValidationError
 from transformers import Wav2Vec2FeatureExtractor
 
 from cald_framework.errors import CaldError, DataError
+from cald_framework.testing.audio import write_tone
+from cald_framework.testing.text import word_level_tokenizer
 
 TOKENIZER = word_level_tokenizer(["a b c d e f g h"])
 

@@ -13,10 +13,10 @@ import torch
 from cald_tasks.causal_lm import CausalLMTask
 from cald_tasks.classification import TextClassificationTask
 from cald_tasks.options import CausalLMOptions, TextClassificationOptions
-from cald_tasks.testing import word_level_tokenizer
 
 from cald_framework.contracts import CaldOutput, HeadSpec
 from cald_framework.errors import DataError
+from cald_framework.testing.text import word_level_tokenizer
 
 WORDS = "a good film bad really so fine plot dull ok the end"
 

@@ -24,7 +24,7 @@ from .drift import drift, plot_drift
 from .measure import positions, synthetic_inputs
 from .output import format_table, write_csv
 from .overhead import guidance_overhead
-from .runs import Run, checkpoint_dir, snapshots_at
+from .runs import RunDirectory, checkpoint_dir, snapshots_at
 from .snapshots import Snapshot
 from .trajectory import plot_trajectory, trajectory
 
@@ -47,7 +47,7 @@ def _report(rows: Sequence[dict[str, Any]], columns: Sequence[str], csv: Path, p
 
 def drift_command(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    run = Run.open(path, _device(args.device), Path(args.spec) if args.spec else None)
+    run = RunDirectory.open(path, _device(args.device), Path(args.spec) if args.spec else None)
     snapshots = snapshots_at(run, path)
     batches = run.samples(args.samples, args.seed, args.batch_size)
     rows = drift(run.source_model, snapshots, batches)
@@ -61,11 +61,11 @@ def drift_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- analyze trajectory
 
 
-def _trajectory_snapshots(runs: Sequence[tuple[Run, Path]]) -> list[Snapshot]:
+def _trajectory_snapshots(runs: Sequence[tuple[RunDirectory, Path]]) -> list[Snapshot]:
     """The pretrained model, each run's checkpoints, and each distinct teacher's waypoints."""
     first = runs[0][0]
     found = [Snapshot("pretrained", 0, lambda: first.source_model)]
-    teachers: dict[Path, Run] = {}
+    teachers: dict[Path, RunDirectory] = {}
     for run, path in runs:
         found += run.checkpoints(checkpoint_dir(path))
         for directory in run.teacher_waypoint_dirs():
@@ -77,7 +77,7 @@ def _trajectory_snapshots(runs: Sequence[tuple[Run, Path]]) -> list[Snapshot]:
 
 def trajectory_command(args: argparse.Namespace) -> int:
     device = _device(args.device)
-    runs = [(Run.open(Path(path), device), Path(path)) for path in args.runs]
+    runs = [(RunDirectory.open(Path(path), device), Path(path)) for path in args.runs]
     batches = runs[0][0].samples(args.samples, args.seed, args.batch_size)
     rows = trajectory(_trajectory_snapshots(runs), batches, seed=args.seed)
     out = Path(args.out)
@@ -111,7 +111,7 @@ def _pair(target: Path, device: torch.device, lengths: str | None) -> tuple[Any,
     on the weights.
     """
     if target.is_file():
-        run = Run.open(target, device, target)
+        run = RunDirectory.open(target, device, target)
         teacher = copy.deepcopy(run.source_model)
         modality = teacher.family.modality
         chosen = _lengths(lengths, modality)
@@ -172,7 +172,8 @@ def bench_command(args: argparse.Namespace) -> int:
             overhead += [
                 {"scenario": scenario, **row}
                 for row in guidance_overhead(
-                    student, teacher, run.task, run.data, run.training_batch(args.overhead_batch),
+                    student, teacher, run.context.task, run.context.data,
+                    run.training_batch(args.overhead_batch),
                     training=validated.spec.training,
                     loss=LossConfig.from_section(validated.spec.guidance),
                     extractor=validated.extractor.build(validated.extractor_options),

@@ -2,9 +2,10 @@
 
 A run directory holds the resolved ``spec.toml`` that the pipeline wrote, the student's
 training checkpoints in ``checkpoints/step-XXXXXXXX/`` and, where the teacher was fine-tuned,
-a ``waypoints.json`` manifest somewhere below it (the teacher cache). From the spec this module
-rebuilds the pretrained source model and a fixed sample set of the task; from the checkpoints
-and waypoints it makes lazily loaded :class:`Snapshot` objects. Weights are read only through
+a ``waypoints.json`` manifest somewhere below it (the teacher cache). From the spec, the
+pipeline's own :class:`~cald_framework.run.prepare.RunContext` rebuilds the task, its data and
+the pretrained source model; from the checkpoints and waypoints this module makes lazily loaded
+:class:`Snapshot` objects. Weights are read only through
 the engine's safetensors readers: never a pickle.
 """
 
@@ -14,7 +15,6 @@ import copy
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,19 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..assets import resolve_references
-from ..contracts import PluginOptions, Task, TaskData
-from ..conversion import convert
 from ..engine.checkpoints import list_checkpoints, open_checkpoint
 from ..engine.tensorfiles import read_tensors
-from ..engine.waypoints import MANIFEST, read_waypoints
+from ..engine.waypoints import read_waypoints
 from ..errors import CaldError, CheckpointError
-from ..layout import CHECKPOINTS_DIR, RESULTS_FILE, SPEC_FILE, parse_step
+from ..layout import CHECKPOINTS_DIR, RESULTS_FILE, SPEC_FILE, WAYPOINT_MANIFEST, parse_step
 from ..modeling import CaldModel
+from ..run.convert import build_student
+from ..run.prepare import RunContext, resolve_assets
 from ..spec import ValidatedSpec, load_spec
 from .hidden import Batch
 from .snapshots import Snapshot
-
 
 
 def find_spec(path: Path) -> Path:
@@ -61,17 +59,21 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], where: Pa
     return model
 
 
-@dataclass
-class Run:
-    """A run's spec resolved to what the analyses need."""
+class RunDirectory:
+    """A run directory read back for the analyses: its spec, checkpoints and waypoints.
 
-    validated: ValidatedSpec
-    #: the directory holding the spec (the run's output directory)
-    directory: Path
-    device: torch.device
+    The task, its data and the pretrained model come from the :class:`RunContext` of the
+    directory's spec, built on first use (reading the directory alone loads nothing).
+    """
+
+    def __init__(self, validated: ValidatedSpec, directory: Path, device: torch.device):
+        self.validated = validated
+        #: the directory holding the spec (the run's output directory)
+        self.directory = directory
+        self.device = device
 
     @classmethod
-    def open(cls, path: Path, device: torch.device, spec: Path | None = None) -> Run:
+    def open(cls, path: Path, device: torch.device, spec: Path | None = None) -> RunDirectory:
         """The run that ``path`` belongs to; ``spec`` overrides the search for ``spec.toml``."""
         spec_path = spec or find_spec(path)
         return cls(load_spec(spec_path), spec_path.parent, device)
@@ -81,52 +83,23 @@ class Run:
         return self.validated.spec.experiment.name
 
     @cached_property
-    def _task_options(self) -> PluginOptions:
-        validated = self.validated
-        options = validated.task_options.model_dump(exclude_unset=True)
-        resolved = resolve_references(options, validated.spec.assets)
-        return validated.task.options.model_validate(resolved)
-
-    @cached_property
-    def teacher_location(self) -> str:
-        spec = self.validated.spec
-        return resolve_references(spec.teacher.model, spec.assets)
-
-    @cached_property
-    def task(self) -> Task:
-        return self.validated.task.build(self._task_options)
-
-    @cached_property
-    def data(self) -> TaskData:
-        """The task's data, built as the pipeline builds it (same preprocessor and seed)."""
-        preprocessor = self.validated.source.family().load_preprocessor(self.teacher_location)
-        return self.task.build_data(preprocessor, self.validated.spec.experiment.seed)
+    def context(self) -> RunContext:
+        """The run's task, data and pretrained teacher, prepared as the pipeline prepared them."""
+        return RunContext.from_spec(self.validated)
 
     @cached_property
     def source_model(self) -> CaldModel:
-        """The pretrained teacher with the task's head: where every run of this spec starts."""
-        model = CaldModel.from_source(
-            self.validated.spec.teacher.source,
-            self.teacher_location,
-            self.data.head,
-            max_length=self.max_length,
-            task_metadata=self.data.metadata,
-            source=self.validated.source,
-        )
-        return model.to(self.device).eval()
-
-    @property
-    def max_length(self) -> int:
-        """The student's ``max_length`` as the pipeline chooses it."""
-        spec = self.validated.spec
-        return spec.student.max_length or getattr(self._task_options, "max_length", None) or 0
+        """The pretrained teacher with the task's head, on the device: where every run of this
+        spec starts."""
+        return self.context.source_model.to(self.device).eval()
 
     def samples(self, count: int, seed: int, batch_size: int) -> list[Batch]:
         """``count`` rows drawn with ``seed`` from the evaluation split (else training), batched."""
-        dataset = self.data.eval if self.data.eval is not None else self.data.train
+        data = self.context.data
+        dataset = data.eval if data.eval is not None else data.train
         chosen = sorted(random.Random(seed).sample(range(len(dataset)), min(count, len(dataset))))
         return [
-            self.data.collate([dataset[index] for index in chosen[start : start + batch_size]])[
+            data.collate([dataset[index] for index in chosen[start : start + batch_size]])[
                 "inputs"
             ]
             for start in range(0, len(chosen), batch_size)
@@ -134,8 +107,8 @@ class Run:
 
     def training_batch(self, size: int) -> dict[str, Any]:
         """The first ``size`` training rows as one collated batch (inputs and labels)."""
-        train = self.data.train
-        return self.data.collate([train[index] for index in range(min(size, len(train)))])
+        data = self.context.data
+        return data.collate([data.train[index] for index in range(min(size, len(data.train)))])
 
     # ----------------------------------------------------------------- snapshots
 
@@ -143,10 +116,7 @@ class Run:
         return _load_weights(copy.deepcopy(self.source_model), read_tensors(path, self.device), path)
 
     def _student_from(self, path: Path) -> CaldModel:
-        validated = self.validated
-        student, _ = convert(
-            self.source_model, validated.mixer, validated.mixer_options, self.max_length
-        )
+        student, _ = build_student(self.context, self.source_model)
         state = open_checkpoint(path).part("model", self.device)
         return _load_weights(student, state, path)
 
@@ -169,7 +139,6 @@ class Run:
             for path in list_checkpoints(location)
         ]
 
-
     def teacher_waypoint_dirs(self) -> list[Path]:
         """Where this run's teacher waypoints are.
 
@@ -179,16 +148,16 @@ class Run:
         """
         spec = self.validated.spec
         if spec.teacher.waypoints:
-            return [Path(resolve_references(spec.teacher.waypoints, spec.assets))]
+            return [Path(resolve_assets(self.validated, spec.teacher.waypoints))]
         results = self.directory / RESULTS_FILE
         if results.is_file():
             try:
                 teacher = json.loads(results.read_text())["paths"]["teacher"]
             except (ValueError, KeyError, TypeError) as error:
                 raise CaldError(f"{results} is unreadable: {error!r}") from error
-            if (Path(teacher).parent / MANIFEST).is_file():
+            if (Path(teacher).parent / WAYPOINT_MANIFEST).is_file():
                 return [Path(teacher).parent]
-        return sorted(manifest.parent for manifest in self.directory.rglob(MANIFEST))
+        return sorted(manifest.parent for manifest in self.directory.rglob(WAYPOINT_MANIFEST))
 
 
 def checkpoint_dir(path: Path) -> Path:
@@ -196,14 +165,14 @@ def checkpoint_dir(path: Path) -> Path:
     return path if list_checkpoints(path) else path / CHECKPOINTS_DIR
 
 
-def snapshots_at(run: Run, path: Path) -> list[Snapshot]:
+def snapshots_at(run: RunDirectory, path: Path) -> list[Snapshot]:
     """Every snapshot found at ``path``.
 
     A waypoint directory (with ``waypoints.json``) gives the teacher's waypoints; a checkpoint
     directory (with ``step-*`` entries) the student's checkpoints; a run directory both: its
-    ``checkpoints/`` and its teacher's waypoints (:meth:`Run.teacher_waypoint_dirs`).
+    ``checkpoints/`` and its teacher's waypoints (:meth:`RunDirectory.teacher_waypoint_dirs`).
     """
-    if (path / MANIFEST).is_file():
+    if (path / WAYPOINT_MANIFEST).is_file():
         return run.waypoints(path)
     if list_checkpoints(path):
         return run.checkpoints(path)
@@ -212,6 +181,6 @@ def snapshots_at(run: Run, path: Path) -> list[Snapshot]:
         found += run.waypoints(directory)
     if not found:
         raise CaldError(
-            f"{path} holds no checkpoints (step-* directories) and no {MANIFEST} of waypoints"
+            f"{path} holds no checkpoints (step-* directories) and no {WAYPOINT_MANIFEST} of waypoints"
         )
     return found

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ..contracts import (
     ASSET_PREFIX,
@@ -20,6 +20,7 @@ from ..contracts import (
 )
 from ..errors import PluginError, SpecError
 from ..plugin_manager import Registries, load_registries
+from ..validation import OptionsError, Problem, describe, summary, validate_options
 from .sections import GuidanceSection, Spec, TrainingSection
 from .toml_source import Path_, apply_override, key_lines, line_of, parse_override, read_toml
 
@@ -49,66 +50,18 @@ class ValidatedSpec:
         return self.spec.student.init or self.guidance.default_init
 
 
-@dataclass
-class _Problem:
-    path: Path_
-    message: str
-
-
 class _Collector:
     """Gathers problems so that one validation pass reports the first and counts the rest."""
 
     def __init__(self) -> None:
-        self.problems: list[_Problem] = []
+        self.problems: list[Problem] = []
 
     def add(self, path: Path_, message: str) -> None:
-        self.problems.append(_Problem(path, message))
+        self.problems.append(Problem(path, message))
 
-    def add_validation_error(
-        self, error: ValidationError, prefix: Path_, model: type[BaseModel]
-    ) -> None:
-        for item in error.errors():
-            loc = tuple(str(part) for part in item["loc"])
-            self.add(prefix + loc, _describe(item, model, loc))
-
-
-def _describe(item: Any, model: type[BaseModel], loc: Path_, inherited: Sequence[str] = ()) -> str:
-    kind = item["type"]
-    top_level = len(loc) == 1 and model is Spec
-    if kind == "extra_forbidden":
-        allowed = sorted({*_allowed_keys(model, loc[:-1]), *inherited})
-        where = "section" if top_level else "key"
-        expected = f"expected one of: {', '.join(allowed)}" if allowed else "it takes no options"
-        return f"unknown {where} {loc[-1]!r}; {expected}"
-    if kind == "missing":
-        return f"required {'section' if top_level else 'key'} is missing"
-    if kind == "value_error":
-        return item["msg"].removeprefix("Value error, ")
-    return f"{item['msg']} (got {item['input']!r})"
-
-
-def _allowed_keys(model: type[BaseModel], loc: Path_) -> list[str]:
-    """The field names of the model found by walking ``loc`` down from ``model``."""
-    current: Any = model
-    for part in loc:
-        field = current.model_fields.get(part) if isinstance(current, type) else None
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    if not (isinstance(current, type) and issubclass(current, BaseModel)):
-        return []
-    return sorted(current.model_fields)
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is not None:
-        for arg in get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+    def add_all(self, problems: Sequence[Problem], prefix: Path_) -> None:
+        for problem in problems:
+            self.add(prefix + problem.path, problem.message)
 
 
 def _string_values(node: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str]]:
@@ -142,12 +95,9 @@ def _options(
     if plugin is None:
         return None
     try:
-        return plugin.options.model_validate(values)
-    except ValidationError as error:
-        for item in error.errors():
-            loc = tuple(str(part) for part in item["loc"])
-            message = _describe(item, plugin.options, loc, inherited if len(loc) == 1 else ())
-            problems.add(path + loc, f"{message} ({what} {plugin.name!r})")
+        return validate_options(plugin.options, values, f"{what} {plugin.name!r}", inherited)
+    except OptionsError as error:
+        problems.add_all(error.problems, path)
         return None
 
 
@@ -196,20 +146,20 @@ def _teacher_training(spec: Spec, problems: _Collector) -> TrainingSection | Non
     try:
         return TrainingSection.model_validate(merged)
     except ValidationError as error:
-        problems.add_validation_error(error, ("teacher", "finetune"), TrainingSection)
+        problems.add_all(describe(error, TrainingSection), ("teacher", "finetune"))
         return None
 
 
 def validate_document(
     document: dict[str, Any], registries: Registries | None = None
-) -> tuple[ValidatedSpec | None, list[_Problem]]:
+) -> tuple[ValidatedSpec | None, list[Problem]]:
     """Validate a parsed spec. Returns the result or the problems found (never both)."""
     registries = registries or load_registries()
     problems = _Collector()
     try:
         spec = Spec.model_validate(document)
     except ValidationError as error:
-        problems.add_validation_error(error, (), Spec)
+        problems.add_all(describe(error, Spec, sections=True), ())
         return None, problems.problems
 
     source = _lookup(registries.sources, spec.teacher.source, ("teacher", "source"), problems)
@@ -266,18 +216,16 @@ def validate_document(
 
 
 def _format(
-    problems: list[_Problem], origin: str, lines: dict[Path_, int], overridden: list[Path_]
+    problems: list[Problem], origin: str, lines: dict[Path_, int], overridden: list[Path_]
 ) -> str:
     first = problems[0]
-    dotted = ".".join(first.path) or "(spec)"
     override = next((key for key in overridden if first.path[: len(key)] == key), None)
     if override is not None:
         where = f"{origin} (--set {'.'.join(override)})"
     else:
         line = line_of(lines, first.path)
         where = f"{origin}:{line}" if line else origin
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return f"{where}: {dotted}: {first.message}{more}"
+    return f"{where}: {summary(problems, '(spec)')}"
 
 
 def load_spec(

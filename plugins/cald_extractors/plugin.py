@@ -1,4 +1,4 @@
-"""Registers the built-in hidden-state extractors."""
+"""Registers the built-in hidden-state extractors, exactly as a third-party package would."""
 
 from __future__ import annotations
 
@@ -9,22 +9,19 @@ from cald_framework.contracts import ExtractorPlugin
 
 from .extractors import HiddenStateOptions, LayerNormOptions, hidden_states, layer_normed
 
+EXTRACTORS = (
+    ExtractorPlugin(
+        "hidden_states", HiddenStateOptions, hidden_states,
+        description="the residual stream after each layer's feed-forward block",
+    ),
+    ExtractorPlugin(
+        "layernorm", LayerNormOptions, layer_normed,
+        description="the residual stream under a parameter-free LayerNorm",
+    ),
+)
+
 
 @hookimpl
 def cald_register_extractors(register: Callable[[ExtractorPlugin], None]) -> None:
-    register(
-        ExtractorPlugin(
-            name="hidden_states",
-            options=HiddenStateOptions,
-            build=hidden_states,
-            description="the residual stream after each layer's feed-forward block",
-        )
-    )
-    register(
-        ExtractorPlugin(
-            name="layernorm",
-            options=LayerNormOptions,
-            build=layer_normed,
-            description="the residual stream under a parameter-free LayerNorm",
-        )
-    )
+    for extractor in EXTRACTORS:
+        register(extractor)

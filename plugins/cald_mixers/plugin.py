@@ -1,4 +1,4 @@
-"""Registers the built-in mixers exactly as a third-party package would (entry point ``mixers``)."""
+"""Registers the built-in mixers, exactly as a third-party package would."""
 
 from __future__ import annotations
 
@@ -12,42 +12,27 @@ from .linformer import LinformerMixer, LinformerOptions
 from .mamba import MambaMixer, MambaOptions
 from .mamba2 import Mamba2Mixer, Mamba2Options
 
+MIXERS = (
+    MixerPlugin(
+        "linformer", LinformerOptions, LinformerMixer, "bidirectional",
+        description="Linformer attention: keys/values projected to rank k along the sequence",
+    ),
+    MixerPlugin(
+        "mamba", MambaOptions, MambaMixer, "causal",
+        description="Mamba-1 selective state-space block with Mamba's initialisation",
+    ),
+    MixerPlugin(
+        "mamba2", Mamba2Options, Mamba2Mixer, "causal",
+        description="Mamba2 (SSD) block with a gated RMSNorm, Mamba2's initialisation",
+    ),
+    MixerPlugin(
+        "bimamba2", BiMamba2Options, BiMamba2Mixer, "bidirectional",
+        description="forward + backward Mamba2 (expand 1) over each sequence's valid part",
+    ),
+)
+
 
 @hookimpl
 def cald_register_mixers(register: Callable[[MixerPlugin], None]) -> None:
-    register(
-        MixerPlugin(
-            name="linformer",
-            options=LinformerOptions,
-            build=LinformerMixer,
-            direction="bidirectional",
-            description="Linformer attention: keys/values projected to rank k along the sequence",
-        )
-    )
-    register(
-        MixerPlugin(
-            name="mamba",
-            options=MambaOptions,
-            build=MambaMixer,
-            direction="causal",
-            description="Mamba-1 selective state-space block with Mamba's initialisation",
-        )
-    )
-    register(
-        MixerPlugin(
-            name="mamba2",
-            options=Mamba2Options,
-            build=Mamba2Mixer,
-            direction="causal",
-            description="Mamba2 (SSD) block with a gated RMSNorm, Mamba2's initialisation",
-        )
-    )
-    register(
-        MixerPlugin(
-            name="bimamba2",
-            options=BiMamba2Options,
-            build=BiMamba2Mixer,
-            direction="bidirectional",
-            description="forward + backward Mamba2 (expand 1) over each sequence's valid part",
-        )
-    )
+    for mixer in MIXERS:
+        register(mixer)

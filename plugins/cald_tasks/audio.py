@@ -17,8 +17,8 @@ import numpy as np
 
 from cald_framework.errors import CaldError, DataError
 
+from .loading import Origin
 from .rows import PreprocessedInputs, RowProblem
-from .sources import Source
 
 
 def speech_module(name: str) -> ModuleType:
@@ -101,11 +101,11 @@ class AudioInputs(PreprocessedInputs):
     def sampling_rate(self) -> int:
         return self.preprocessor.sampling_rate
 
-    def prepare(self, row: dict[str, Any], source: Source) -> np.ndarray:
+    def prepare(self, row: dict[str, Any], origin: Origin) -> np.ndarray:
         value = row[self.audio_column]
         if value is None:
             raise RowProblem(f"missing audio in column {self.audio_column!r}")
-        wave, rate = read_audio(value, source.base_dir)
+        wave, rate = read_audio(value, origin.base_dir)
         if self.max_seconds is not None and len(wave) > self.max_seconds * rate:
             if self.on_too_long == "reject":
                 raise RowProblem(

@@ -20,13 +20,13 @@ from cald_framework.contracts import (
     TaskData,
 )
 from cald_framework.errors import DataError
-from cald_framework.metrics import perplexity
 
 from .collate import IGNORE_INDEX, Collator
+from .encoding import encode_splits
+from .loading import Origin, load_splits
+from .metrics import perplexity
 from .options import CausalLMOptions
-from .pipeline import encode_splits
 from .rows import cached_map
-from .sources import Source, load_splits
 from .tensors import upcast
 from .text import pad_id, require_tokenizer
 
@@ -44,7 +44,7 @@ class DocumentTokens:
     columns: ClassVar[tuple[str, ...]] = ("input_ids",)
     batch_size: ClassVar[int] = 1000
 
-    def prepare(self, row: dict[str, Any], source: Source) -> str:
+    def prepare(self, row: dict[str, Any], origin: Origin) -> str:
         value = row[self.text_column]
         return value if isinstance(value, str) else ""
 

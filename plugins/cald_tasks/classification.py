@@ -19,15 +19,15 @@ from cald_framework.contracts import (
     TaskData,
 )
 from cald_framework.errors import CaldError
-from cald_framework.metrics import accuracy, class_f1, macro_f1
 
 from .collate import Collator
+from .encoding import encode_splits
 from .labels import ColumnLabeler, Labeler, LabelIndex
+from .loading import load_splits
+from .metrics import accuracy, class_f1, macro_f1
 from .modality import AudioModality, TextModality
 from .options import AudioClassificationOptions, TextClassificationOptions
-from .pipeline import encode_splits
 from .rows import LabelledEncoder
-from .sources import load_splits
 from .tensors import upcast
 
 Scores = Callable[[list[int], list[int]], dict[str, float]]
@@ -99,7 +99,7 @@ class ClassificationTask(Task):
         inputs = self.inputs(preprocessor)
         raw = load_splits(self.options, seed, [*self.input_columns(), *self.label_columns()])
         labels = LabelIndex.build(
-            self.labeler(raw.train.rows), raw.train.rows, raw.train.sources, self.fixed_labels()
+            self.labeler(raw.train.rows), raw.train.rows, raw.train.origins, self.fixed_labels()
         )
         self.label_names = labels.names
         splits = encode_splits(self.options, raw, LabelledEncoder(inputs, labels))

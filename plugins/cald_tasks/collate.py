@@ -1,17 +1,42 @@
-"""Batching encoded rows: dynamic padding, the attention mask and the labels."""
+"""Batching encoded rows: dynamic padding, the attention mask and the labels.
+
+Padding to the longest row of a batch (never to a fixed maximum) keeps the padded area, and so
+the wasted compute, small for both text and audio.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
-
-from cald_framework.data import length_mask, pad_sequences
 
 #: label value that losses ignore (padding of label sequences)
 IGNORE_INDEX = -100
+
+
+def pad_sequences(sequences: Sequence[Any], pad_value: float = 0) -> torch.Tensor:
+    """Stack arrays of different lengths along a new batch axis, right-padding the first axis.
+
+    Every row must have the same trailing shape; the dtype is that of the first row. Rows are
+    copied once into the batch, so read-only (memory-mapped) arrays are fine.
+    """
+    arrays = [np.asarray(row) for row in sequences]
+    longest = max(array.shape[0] for array in arrays)
+    first = arrays[0]
+    batch = np.full((len(arrays), longest, *first.shape[1:]), pad_value, dtype=first.dtype)
+    for index, array in enumerate(arrays):
+        batch[index, : array.shape[0]] = array
+    return torch.from_numpy(batch)
+
+
+def length_mask(lengths: Sequence[int]) -> torch.Tensor:
+    """``[B, max(lengths)]`` bool mask, ``True`` on the first ``lengths[b]`` positions."""
+    lengths_tensor = torch.as_tensor(lengths, dtype=torch.long)
+    positions = torch.arange(int(lengths_tensor.max()))
+    return positions[None, :] < lengths_tensor[:, None]
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from cald_framework.contracts import (
     TaskData,
 )
 from cald_framework.errors import CaldError, DataError
-from cald_framework.metrics import char_error_rate, word_error_rate
 
+from .encoding import encode_splits
+from .loading import load_splits
+from .metrics import char_error_rate, word_error_rate
 from .modality import AudioModality
 from .options import CtcOptions
-from .pipeline import encode_splits
 from .rows import LabelledEncoder, RowProblem
-from .sources import load_splits
 from .tensors import upcast
 from .text import text_cell
 

@@ -13,10 +13,9 @@ from typing import Any, ClassVar
 
 import datasets
 
-from cald_framework.metrics import accuracy
-
 from .classification import ClassificationTask, Scores
 from .labels import Labeler, LabelIndex, label_text, sorted_labels
+from .metrics import accuracy
 from .modality import AudioModality
 from .options import IntentOptions
 from .rows import RowProblem

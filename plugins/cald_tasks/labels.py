@@ -11,8 +11,8 @@ import datasets
 
 from cald_framework.errors import DataError
 
+from .loading import Origin
 from .rows import RowProblem
-from .sources import Source
 
 _SHOWN = 10
 
@@ -106,13 +106,13 @@ class LabelIndex:
         cls,
         labeler: Labeler,
         train: datasets.Dataset,
-        sources: Sequence[Source],
+        origins: Sequence[Origin],
         fixed: Sequence[str] | None,
     ) -> LabelIndex:
         """The fixed order when given, else the labels found in the training rows."""
         names = tuple(fixed) if fixed is not None else tuple(labeler.discover(train))
         if len(names) < 2:
-            where = ", ".join(source.name for source in sources)
+            where = ", ".join(origin.name for origin in origins)
             raise DataError(
                 f"{where}: the training rows have {len(names)} distinct "
                 f"{labeler.description} ({', '.join(names) or 'none'}); a classifier needs two"

@@ -50,7 +50,7 @@ class DataOptions(DocumentedOptions):
     """Where loaded and preprocessed data is cached (default: the datasets library's cache)."""
 
     @model_validator(mode="after")
-    def _check_sources(self) -> DataOptions:
+    def _check_data_settings(self) -> DataOptions:
         if self.dataset in LOCAL_READERS and self.data_files is None:
             raise ValueError(f"dataset = {self.dataset!r} reads local files: set data_files")
         if self.eval_from_train is not None and "eval_split" in self.model_fields_set:

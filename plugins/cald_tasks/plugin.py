@@ -19,29 +19,33 @@ from .options import (
     TextClassificationOptions,
 )
 
-TASKS = (
-    (
-        TextClassificationTask,
-        TextClassificationOptions,
-        "one label per text or text pair; accuracy, macro F1",
-    ),
-    (
-        AudioClassificationTask,
-        AudioClassificationOptions,
-        "one label per audio clip; accuracy, macro F1",
-    ),
-    (SpeakerIdTask, AudioClassificationOptions, "speaker of each audio clip; accuracy"),
-    (
-        IntentClassificationTask,
-        IntentOptions,
-        "joint scenario-action intent of each utterance (SLURP); intent, scenario, action accuracy",
-    ),
-    (CtcAsrTask, CtcOptions, "speech recognition with CTC over characters; WER, CER"),
-    (CausalLMTask, CausalLMOptions, "next-token prediction over packed blocks; perplexity"),
+TASKS = tuple(
+    TaskPlugin(task.name, options, task, description=description)
+    for task, options, description in (
+        (
+            TextClassificationTask,
+            TextClassificationOptions,
+            "one label per text or text pair; accuracy, macro F1",
+        ),
+        (
+            AudioClassificationTask,
+            AudioClassificationOptions,
+            "one label per audio clip; accuracy, macro F1",
+        ),
+        (SpeakerIdTask, AudioClassificationOptions, "speaker of each audio clip; accuracy"),
+        (
+            IntentClassificationTask,
+            IntentOptions,
+            "joint scenario-action intent of each utterance (SLURP); intent, scenario, action "
+            "accuracy",
+        ),
+        (CtcAsrTask, CtcOptions, "speech recognition with CTC over characters; WER, CER"),
+        (CausalLMTask, CausalLMOptions, "next-token prediction over packed blocks; perplexity"),
+    )
 )
 
 
 @hookimpl
 def cald_register_tasks(register: Callable[[TaskPlugin], None]) -> None:
-    for task, options, description in TASKS:
-        register(TaskPlugin(task.name, options, task, description))
+    for task in TASKS:
+        register(task)

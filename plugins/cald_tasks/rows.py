@@ -20,7 +20,7 @@ from datasets.fingerprint import Hasher
 from cald_framework import __version__
 from cald_framework.errors import DataError
 
-from .sources import RawSplit, Source
+from .loading import Origin, RawSplit
 
 
 class PreprocessedInputs:
@@ -55,7 +55,7 @@ class RowEncoder(Protocol):
     #: rows per ``encode`` call and per cache write (small for audio, whose rows are large)
     batch_size: int
 
-    def prepare(self, row: dict[str, Any], source: Source) -> Any:
+    def prepare(self, row: dict[str, Any], origin: Origin) -> Any:
         """Check one row and return what ``encode`` needs from it, or raise :class:`RowProblem`."""
         ...
 
@@ -91,9 +91,9 @@ class LabelledEncoder:
     def batch_size(self) -> int:
         return self.inputs.batch_size
 
-    def prepare(self, row: dict[str, Any], source: Source) -> tuple[Any, Any]:
+    def prepare(self, row: dict[str, Any], origin: Origin) -> tuple[Any, Any]:
         target = self.target.prepare(row)
-        return self.inputs.prepare(row, source), target
+        return self.inputs.prepare(row, origin), target
 
     def encode(self, items: list[tuple[Any, Any]]) -> dict[str, list[Any]]:
         encoded = self.inputs.encode([inputs for inputs, _ in items])
@@ -106,19 +106,19 @@ class EncodeRows:
     """The ``datasets.map`` function: prepare each row, apply the policy, encode the rest."""
 
     encoder: RowEncoder
-    sources: tuple[Source, ...]
+    origins: tuple[Origin, ...]
     on_bad_row: Literal["error", "skip"]
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         items = []
         for index in range(len(batch["_row"])):
             row = {name: values[index] for name, values in batch.items()}
-            source = self.sources[row["_source"]]
+            origin = self.origins[row["_origin"]]
             try:
-                items.append(self.encoder.prepare(row, source))
+                items.append(self.encoder.prepare(row, origin))
             except RowProblem as problem:
                 if self.on_bad_row == "error":
-                    raise DataError(f"{source.name} row {row['_row']}: {problem}") from None
+                    raise DataError(f"{origin.name} row {row['_row']}: {problem}") from None
         if not items:
             return {name: [] for name in self.encoder.columns}
         return self.encoder.encode(items)
@@ -132,7 +132,7 @@ def encode_split(
     desc: str,
 ) -> tuple[datasets.Dataset, int]:
     """The encoded rows, and how many bad rows were skipped."""
-    function = EncodeRows(encoder, raw.sources, on_bad_row)
+    function = EncodeRows(encoder, raw.origins, on_bad_row)
     encoded = cached_map(raw.rows, function, cache_dir, desc, encoder.batch_size)
     return encoded, len(raw.rows) - len(encoded)
 

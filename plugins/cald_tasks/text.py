@@ -10,8 +10,8 @@ from transformers import PreTrainedTokenizerBase
 
 from cald_framework.errors import DataError
 
+from .loading import Origin
 from .rows import PreprocessedInputs, RowProblem
-from .sources import Source
 
 
 def text_cell(row: dict[str, Any], column: str) -> str:
@@ -44,7 +44,7 @@ class TextInputs(PreprocessedInputs):
     max_length: int
     batch_size: ClassVar[int] = 1000
 
-    def prepare(self, row: dict[str, Any], source: Source) -> tuple[str, str | None]:
+    def prepare(self, row: dict[str, Any], origin: Origin) -> tuple[str, str | None]:
         pair = None if self.pair_column is None else text_cell(row, self.pair_column)
         return text_cell(row, self.text_column), pair
 

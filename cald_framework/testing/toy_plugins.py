@@ -1,10 +1,15 @@
-"""Small plugins that let spec tests run against known registries, independent of the built-ins."""
+"""Toy plugins: registries whose names and options are known, independent of the built-ins.
+
+Spec validation runs against them (with :data:`TOY_SPEC`, a valid spec naming them), so its
+errors can be checked to the character without depending on which plugins are installed. They
+only validate: building any of them fails.
+"""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from cald_framework.contracts import (
+from ..contracts import (
     ExtractorPlugin,
     GuidancePlugin,
     Location,
@@ -16,8 +21,8 @@ from cald_framework.contracts import (
     Task,
     TaskPlugin,
 )
-from cald_framework.plugin_manager import Registries, empty_registries
-from cald_framework.registry import Provenance
+from ..plugin_manager import Registries, empty_registries
+from ..registry import Provenance
 
 
 class BiOptions(PluginOptions):
@@ -40,6 +45,40 @@ class WaypointOptions(PluginOptions):
 
 class ExtractorOptions(PluginOptions):
     skip_embeddings: bool = True
+
+
+#: a valid spec naming toy plugins; its data file is ``./data.csv``
+TOY_SPEC = """\
+[experiment]
+name = "t"
+output_dir = "out/{name}"
+
+[teacher]
+source = "enc"
+model = "org/model"
+
+[student]
+mixer = "bi"
+
+[student.mixer_options]
+k = 8
+
+[task]
+kind = "cls"
+dataset = "csv"
+data_files = "./data.csv"
+max_length = 32
+
+[guidance]
+mode = "target"
+alpha_ld = 1.0
+
+[training]
+lr = 1e-4
+batch_size = 4
+"""
+#: the rows of ``./data.csv``, which :data:`TOY_SPEC` names
+TOY_DATA = "text,label\na,1\n"
 
 
 def _unused(*_args: object) -> None:
@@ -67,9 +106,10 @@ class _AudioTask(Task):
     modality = "audio"
 
 
-def spec_test_registries() -> Registries:
+def toy_registries() -> Registries:
+    """Registries holding only the toy plugins."""
     registries = empty_registries()
-    origin = Provenance("spec-test-plugins", "1.0", "tests.spec_plugins")
+    origin = Provenance("toy-plugins", "1.0", __name__)
     for source in (
         SourcePlugin("enc", _Encoder),
         SourcePlugin("dec", _Decoder),

@@ -12,7 +12,8 @@ that). Test transcripts are sentences the model never heard, though their templa
 Everything is derived from ``--seed``: the same seed gives the same manifest, and, with the same
 espeak-ng and sox versions, byte-identical audio (sox runs with ``-R`` and no dither).
 
-    python -m cald_tasks.speech_synth --out DIR [--speakers 6] [--intents 12] [--per-intent 4]
+    python -m cald_framework.data.speech_commands --out DIR
+        [--speakers 6] [--intents 12] [--per-intent 4]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from string import Formatter
 
-from cald_framework.errors import CaldError, DataError
+from ..errors import CaldError, DataError
 
 SAMPLE_RATE = 16_000
 MANIFEST = "manifest.csv"
@@ -308,7 +309,9 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cald_tasks.speech_synth", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m cald_framework.data.speech_commands", description=__doc__
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--speakers", type=int, default=6)
     parser.add_argument("--intents", type=int, default=12, help=f"at most {len(INTENTS)}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cald_framework.contracts import (
+from ..contracts import (
     CaldOutput,
     ExtractedStates,
     HeadSpec,
@@ -26,9 +26,9 @@ from cald_framework.contracts import (
     TaskData,
     Waypoint,
 )
-from cald_framework.engine.tensorfiles import read_tensors, write_tensors
-from cald_framework.engine.waypoints import write_manifest
-from cald_framework.spec.sections import EvaluationSection, TrainingSection
+from ..engine.tensorfiles import read_tensors, write_tensors
+from ..engine.waypoints import write_manifest
+from ..spec.sections import EvaluationSection, TrainingSection
 
 VOCAB, WIDTH, LABELS = 12, 8, 2
 

@@ -1,4 +1,4 @@
-"""Helpers for the mixer tests: contexts, padded batches, and naive step-by-step references.
+"""Helpers for testing mixers: contexts, padded batches, and naive step-by-step references.
 
 The references are written from the papers' equations, one time step at a time, so the
 parallel implementations are checked against something that shares none of their code.

@@ -1,4 +1,4 @@
-"""The data flow every built-in task shares: raw splits -> encoded splits -> :class:`TaskData`."""
+"""Encoding every built-in task shares: raw splits -> encoded splits -> :class:`TaskData`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import datasets
 from cald_framework.contracts import HeadSpec, TaskData
 from cald_framework.errors import DataError
 
+from .loading import RawSplit, RawSplits
 from .options import DataOptions
 from .rows import RowEncoder, encode_split
-from .sources import RawSplit, RawSplits
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,6 @@ def _encode(
         raw.head(limit), encoder, options.on_bad_row, options.cache_dir, f"Encoding {role} rows"
     )
     if len(rows) == 0:
-        names = ", ".join(source.name for source in raw.sources)
+        names = ", ".join(origin.name for origin in raw.origins)
         raise DataError(f"{names}: no usable {role} rows ({skipped} skipped)")
     return rows, skipped

@@ -1,36 +1,36 @@
-"""The results of a run: ``results.json`` (machine-readable) and ``report.md`` (for people).
+"""The report stage: ``results.json`` (machine-readable) and ``report.md`` (for people).
 
 The shape of ``results.json`` is documented in the README; change both together.
 """
 
 from __future__ import annotations
 
+import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json_atomic, write_text_atomic
-from .layout import REPORT_FILE, RESULTS_FILE
+import torch
+import transformers
+
+from .. import __version__
+from ..atomic import write_json_atomic, write_text_atomic
+from ..conversion import parameter_count
+from ..engine.evaluation import evaluate_model
+from ..engine.trainer import TrainResult
+from ..layout import METRICS_FILE, REPORT_FILE, RESULTS_FILE, STUDENT_DIR, TRANSFER_REPORT_FILE
+from .prepare import RunContext
+from .speed import SpeedComparison, measure_speed, speed_batch
+from .teachers import RunTeachers
 
 RESULTS_FORMAT = 1
 
 
 @dataclass
-class SpeedComparison:
-    """One forward pass of teacher and student at the task's length, median over repeats."""
-
-    batch_size: int
-    length: int
-    teacher_ms: float
-    student_ms: float
-
-    @property
-    def speedup(self) -> float:
-        return self.teacher_ms / self.student_ms if self.student_ms > 0 else float("nan")
-
-
-@dataclass
 class RunResults:
+    """What a finished run reports: the fields of ``results.json``."""
+
     experiment: str
     task: str
     mode: str
@@ -113,3 +113,57 @@ def write_results(results: RunResults, output_dir: Path) -> None:
     results.paths["report"] = str(output_dir / REPORT_FILE)
     write_json_atomic(output_dir / RESULTS_FILE, results.to_dict(), indent=2)
     write_text_atomic(output_dir / REPORT_FILE, render_markdown(results))
+
+
+def report_run(
+    context: RunContext, teachers: RunTeachers, trained: TrainResult, started: float
+) -> RunResults:
+    """Compare the trained student with its reference teacher and write the results.
+
+    The reference teacher is the target teacher, else the one trained alongside the student,
+    else the pretrained one; ``started`` is the ``time.perf_counter()`` of the run's start.
+    """
+    validated = context.validated
+    spec = validated.spec
+    student = trained.model
+    reference = teachers.target or trained.trained_teacher or context.source_model
+    teacher_metrics = (
+        evaluate_model(reference, context.task, context.data, spec.training)
+        if spec.evaluation.evaluate_teacher
+        else {}
+    )
+    speed = measure_speed(reference, student, speed_batch(context.data, spec.training.batch_size))
+    output_dir = context.output_dir
+    results = RunResults(
+        experiment=spec.experiment.name,
+        task=spec.task.kind,
+        mode=validated.guidance.name,
+        source=spec.teacher.source,
+        mixer=validated.mixer.name,
+        student_init=validated.student_init,
+        primary_metric=trained.metric,
+        higher_is_better=context.task.higher_is_better,
+        teacher_metrics=teacher_metrics,
+        student_metrics=trained.metrics,
+        teacher_parameters=parameter_count(reference),
+        student_parameters=parameter_count(student),
+        steps=trained.steps,
+        train_wall_seconds=trained.wall_seconds,
+        total_wall_seconds=time.perf_counter() - started,
+        teacher_finetune_wall_seconds=teachers.finetune_seconds,
+        speed=speed,
+        paths={
+            "student": str(output_dir / STUDENT_DIR),
+            "transfer_report": str(output_dir / TRANSFER_REPORT_FILE),
+            "metrics": str(output_dir / METRICS_FILE),
+            "teacher": str(teachers.target_dir or context.teacher_model),
+        },
+        versions={
+            "cald_framework": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+    )
+    write_results(results, output_dir)
+    return results

@@ -1,4 +1,4 @@
-"""Metric functions over whole evaluation sets, shared by task plugins and reports.
+"""Metric functions over whole evaluation sets, shared by the built-in tasks.
 
 They take plain Python sequences so that any task can feed them from its accumulator; corpus
 level figures (errors summed before dividing) are what papers report, not means of per-row rates.
@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Hashable, Sequence
 from types import ModuleType
 
-from .errors import CaldError
+from cald_framework.errors import CaldError
 
 
 def accuracy(predictions: Sequence[Hashable], references: Sequence[Hashable]) -> float:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cald_framework.errors import DataError
-from cald_tasks.speech_synth import (
+from cald_framework.data.speech_commands import (
     ACCENTS,
     INTENTS,
     MANIFEST,
@@ -26,6 +25,7 @@ from cald_tasks.speech_synth import (
     plan,
     split_sizes,
 )
+from cald_framework.errors import DataError
 
 needs_tools = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,

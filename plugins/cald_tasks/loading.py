@@ -1,7 +1,7 @@
 """Loading raw rows with the ``datasets`` library, each row tagged with where it came from.
 
-Every row carries ``_source`` (an index into :attr:`RawSplit.sources`) and ``_row`` (its 1-based
-position in that source), so a bad row can be reported by file and row even after files are
+Every row carries ``_origin`` (an index into :attr:`RawSplit.origins`) and ``_row`` (its 1-based
+position in that origin), so a bad row can be reported by file and row even after files are
 concatenated, a validation split is carved out and rows are subsampled.
 """
 
@@ -22,7 +22,7 @@ _AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".
 
 
 @dataclass(frozen=True)
-class Source:
+class Origin:
     """A file, directory or hub split that rows came from."""
 
     name: str
@@ -33,7 +33,7 @@ class Source:
 @dataclass(frozen=True)
 class RawSplit:
     rows: datasets.Dataset
-    sources: tuple[Source, ...]
+    origins: tuple[Origin, ...]
 
     def where(self, column: str, value: str) -> RawSplit:
         """The rows whose ``column`` holds ``value`` (as text)."""
@@ -46,15 +46,15 @@ class RawSplit:
         )
         if len(rows) == 0:
             found = ", ".join(sorted(str(v) for v in self.rows.unique(column)))
-            names = ", ".join(source.name for source in self.sources)
+            names = ", ".join(origin.name for origin in self.origins)
             raise DataError(f"{names}: no rows with {column} = {value!r}; it has: {found}")
-        return RawSplit(rows, self.sources)
+        return RawSplit(rows, self.origins)
 
     def head(self, limit: int | None) -> RawSplit:
         """The first ``limit`` rows (all of them when ``limit`` is ``None``)."""
         if limit is None or limit >= len(self.rows):
             return self
-        return RawSplit(self.rows.select(range(limit)), self.sources)
+        return RawSplit(self.rows.select(range(limit)), self.origins)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def load_splits(options: DataOptions, seed: int, columns: Sequence[str]) -> RawS
     if options.eval_from_train is not None:
         parts = train.rows.train_test_split(test_size=options.eval_from_train, seed=seed)
         return RawSplits(
-            RawSplit(parts["train"], train.sources), RawSplit(parts["test"], train.sources)
+            RawSplit(parts["train"], train.origins), RawSplit(parts["test"], train.origins)
         )
     return RawSplits(train, evaluation)
 
@@ -90,17 +90,17 @@ def _load_split(options: DataOptions, split: str, columns: Sequence[str]) -> Raw
         loaded = _load_local(options, split)
     else:
         loaded = _load_hub(options, split)
-    raw = RawSplit(_undecoded_audio(loaded.rows), loaded.sources)
+    raw = RawSplit(_undecoded_audio(loaded.rows), loaded.origins)
     missing = [c for c in columns if c not in raw.rows.column_names]
     if missing:
-        names = ", ".join(s.name for s in raw.sources)
+        names = ", ".join(origin.name for origin in raw.origins)
         have = ", ".join(c for c in raw.rows.column_names if not c.startswith("_"))
         raise DataError(f"{names}: no column {missing[0]!r}; the columns are: {have}")
     return raw
 
 
 def _load_hub(options: DataOptions, split: str) -> RawSplit:
-    source = Source(f"{options.dataset} split {split!r}", None)
+    origin = Origin(f"{options.dataset} split {split!r}", None)
     try:
         rows = datasets.load_dataset(
             options.dataset,
@@ -110,8 +110,8 @@ def _load_hub(options: DataOptions, split: str) -> RawSplit:
             cache_dir=options.cache_dir,
         )
     except Exception as error:  # datasets raises many kinds; the user needs the reason in one line
-        raise DataError(f"cannot load {source.name}: {error}") from None
-    return RawSplit(_tag(rows, 0), (source,))
+        raise DataError(f"cannot load {origin.name}: {error}") from None
+    return RawSplit(_tag(rows, 0), (origin,))
 
 
 def _load_local(options: DataOptions, split: str) -> RawSplit:
@@ -124,10 +124,10 @@ def _load_local(options: DataOptions, split: str) -> RawSplit:
     files = files_by_split[split]
     read = _list_audio_folder if options.dataset == "audiofolder" else _read_file
     parts = [_tag(read(options, Path(f)), index) for index, f in enumerate(files)]
-    sources = tuple(
-        Source(f, Path(f) if options.dataset == "audiofolder" else Path(f).parent) for f in files
+    origins = tuple(
+        Origin(f, Path(f) if options.dataset == "audiofolder" else Path(f).parent) for f in files
     )
-    return RawSplit(datasets.concatenate_datasets(parts), sources)
+    return RawSplit(datasets.concatenate_datasets(parts), origins)
 
 
 def _read_file(options: DataOptions, path: Path) -> datasets.Dataset:
@@ -158,14 +158,20 @@ def _list_audio_folder(options: DataOptions, folder: Path) -> datasets.Dataset:
     )
 
 
-def _tag(rows: datasets.Dataset, source: int) -> datasets.Dataset:
+def _tag(rows: datasets.Dataset, origin: int) -> datasets.Dataset:
     return rows.map(
-        _origin, with_indices=True, batched=True, fn_kwargs={"source": source}, desc="Tagging rows"
+        _where_from,
+        with_indices=True,
+        batched=True,
+        fn_kwargs={"origin": origin},
+        desc="Tagging rows",
     )
 
 
-def _origin(batch: dict[str, list[Any]], indices: list[int], source: int) -> dict[str, list[int]]:
-    return {"_source": [source] * len(indices), "_row": [i + 1 for i in indices]}
+def _where_from(
+    batch: dict[str, list[Any]], indices: list[int], origin: int
+) -> dict[str, list[int]]:
+    return {"_origin": [origin] * len(indices), "_row": [i + 1 for i in indices]}
 
 
 def _equals(cells: list[Any], value: str) -> list[bool]:

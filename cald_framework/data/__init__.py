@@ -1,0 +1,1 @@
+"""Data tools: generators of local data sets that specs can name (not tasks, not plugins)."""

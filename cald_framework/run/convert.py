@@ -1,0 +1,45 @@
+"""The convert stage: the student built from a teacher, its attention replaced by the mixers."""
+
+from __future__ import annotations
+
+from ..conversion import TransferReport, convert
+from ..errors import CaldError
+from ..layout import TRANSFER_REPORT_FILE
+from ..modeling import CaldModel
+from .prepare import RunContext, processes, seeded
+from .teachers import RunTeachers
+
+
+def build_student(
+    context: RunContext, teacher: CaldModel, *, init_from: CaldModel | None = None
+) -> tuple[CaldModel, TransferReport]:
+    """The spec's student converted from ``teacher``, its new weights drawn from the spec's seed.
+
+    With no ``max_length`` (``None``) the mixers get 0: no limit on the sequence length.
+    """
+    validated = context.validated
+    max_length = 0 if context.max_length is None else context.max_length
+    with seeded(context.spec.experiment.seed):
+        return convert(
+            teacher, validated.mixer, validated.mixer_options, max_length, init_from=init_from
+        )
+
+
+def convert_student(context: RunContext, teachers: RunTeachers) -> CaldModel:
+    """Convert the target teacher (else the pretrained one); the main process writes the
+    transfer report.
+
+    ``student.init = "source"`` with a target teacher starts the student from the pretrained
+    weights, while the target teacher stays the model it distils from.
+    """
+    init = context.validated.student_init
+    if init == "target" and teachers.target is None:
+        raise CaldError("student.init = 'target' needs a target teacher, but none was produced")
+    source = context.source_model
+    target = teachers.target
+    convert_from = source if target is None else target
+    init_from = source if (init == "source" and target is not None) else None
+    student, transfer = build_student(context, convert_from, init_from=init_from)
+    if processes().is_main_process:
+        transfer.save(context.output_dir / TRANSFER_REPORT_FILE)
+    return student

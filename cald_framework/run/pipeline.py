@@ -1,0 +1,35 @@
+"""``run``: the whole pipeline a spec asks for, from assets to the report.
+
+spec -> plugins resolve names -> task builds the data -> source loads the teacher -> (teacher
+fine-tuning, cached) -> mixer + source build the student -> guidance decides the teacher at each
+step -> engine trains, evaluates, checkpoints -> export + report.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..spec import ValidatedSpec
+from .convert import convert_student
+from .export import export_student
+from .prepare import prepare, processes
+from .report import RunResults, report_run
+from .teachers import resolve_teachers
+from .train import train_student
+
+
+def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResults | None:
+    """Run every stage the spec asks for and write ``results.json`` and ``report.md``.
+
+    Under ``torchrun`` or ``accelerate launch`` every process trains; only the main one writes,
+    exports and reports, and the others return ``None`` once training is done.
+    """
+    started = time.perf_counter()
+    context = prepare(validated)
+    teachers = resolve_teachers(context, resume)
+    student = convert_student(context, teachers)
+    trained = train_student(context, teachers, student, resume=resume)
+    if not processes().is_main_process:
+        return None
+    export_student(context, trained.model)
+    return report_run(context, teachers, trained, started)

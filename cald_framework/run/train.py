@@ -1,0 +1,34 @@
+"""The train stage: the student trained with the spec's guidance, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+from ..engine.guidance import GuidanceSetup
+from ..engine.losses import LossConfig
+from ..engine.trainer import TrainResult, train
+from ..modeling import CaldModel
+from .prepare import RunContext
+from .teachers import RunTeachers, teacher_providers
+
+
+def train_student(
+    context: RunContext, teachers: RunTeachers, student: CaldModel, *, resume: bool
+) -> TrainResult:
+    """Train ``student`` in the run directory; every process of a multi-process run takes part."""
+    validated = context.validated
+    spec = validated.spec
+    guidance = GuidanceSetup(
+        validated.guidance, validated.guidance_options, teacher_providers(context, teachers)
+    )
+    return train(
+        student,
+        context.task,
+        context.data,
+        training=spec.training,
+        evaluation=spec.evaluation,
+        loss=LossConfig.from_section(spec.guidance),
+        guidance=guidance,
+        extractor=validated.extractor.build(validated.extractor_options),
+        output_dir=context.output_dir,
+        seed=spec.experiment.seed,
+        resume=resume,
+    )
