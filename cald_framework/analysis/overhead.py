@@ -18,20 +18,26 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..contracts import AvailableTeachers, CaldOutput, ExtractedStates, LossWeights, Task, TaskData
+from ..contracts import (
+    AvailableTeachers,
+    CaldOutput,
+    ExtractedStates,
+    Extractor,
+    LossWeights,
+    Task,
+    TaskData,
+)
 from ..engine import GuidanceSetup, LossConfig, Trainer
 from ..plugin_manager import load_registries
 from ..spec.sections import EvaluationSection, TrainingSection
 from .measure import clock_for, synchronize
-
-Extractor = Callable[[CaldOutput], ExtractedStates]
 
 
 def _every_layer(output: CaldOutput) -> ExtractedStates:

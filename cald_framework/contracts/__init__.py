@@ -13,7 +13,7 @@ Conventions shared by every contract:
 * Hidden states are ``[batch, time, width]``.
 """
 
-from .extractors import ExtractedStates, ExtractorPlugin
+from .extractors import ExtractedStates, Extractor, ExtractorPlugin
 from .guidance import (
     AvailableTeachers,
     FrozenTeacherSchedule,
@@ -55,6 +55,7 @@ __all__ = [
     "AvailableTeachers",
     "CaldOutput",
     "ExtractedStates",
+    "Extractor",
     "ExtractorPlugin",
     "FrozenTeacherSchedule",
     "GuidanceContext",

@@ -19,11 +19,15 @@ class ExtractedStates:
     mask: torch.Tensor
 
 
+#: what an extractor plugin builds: a model's output in, the states to distil out
+Extractor = Callable[[CaldOutput], ExtractedStates]
+
+
 @dataclass(frozen=True)
 class ExtractorPlugin:
     """A registered hidden-state extractor: picks and normalises the distilled layers."""
 
     name: str
     options: type[PluginOptions]
-    build: Callable[[PluginOptions], Callable[[CaldOutput], ExtractedStates]]
+    build: Callable[[PluginOptions], Extractor]
     description: str = ""

@@ -1,9 +1,11 @@
 """The guidance contract: at each training step, which teacher gives targets and with what weights.
 
 A guidance mode is a plugin like any other. It registers a :class:`GuidancePlugin` through the
-``cald_register_guidance`` hook, and the spec names it with ``guidance.mode``; the keys of
-``[guidance]`` beyond the common ones (alphas, temperature, ``kd_scale_t2``, ``ld_reduction``,
-extractor) are validated by the plugin's ``options`` model before anything is loaded.
+``cald_register_guidance`` hook, in a module its package names under the ``cald_framework``
+entry-point group (``[project.entry-points."cald_framework"]`` in ``pyproject.toml``). The spec
+names the mode with ``guidance.mode``; the keys of ``[guidance]`` beyond the common ones
+(alphas, temperature, ``kd_scale_t2``, ``ld_reduction``, extractor) are validated by the
+plugin's ``options`` model before anything is loaded, and reach ``build`` as that model.
 
 **What the trainer does with a mode.** When training starts it calls
 ``plugin.build(options, context)`` once, with a :class:`GuidanceContext`, and uses the
@@ -11,9 +13,10 @@ extractor) are validated by the plugin's ``options`` model before anything is lo
 
 1. ``schedule.plan(i)`` returns a :class:`StepPlan`: the :class:`LossWeights` of this step and
    whether a teacher runs. It is called in order, exactly once per step, also after a resume.
-2. For each micro-batch of the step, when the plan uses a teacher, ``schedule.teacher_output
-   (batch)`` is called once; the trainer takes the KD logits (``task.kd_logits``) and the
-   layer-loss states (the spec's extractor) from that one output, detached.
+2. For each micro-batch of the step, when the plan uses a teacher,
+   ``schedule.teacher_output(batch)`` is called once; the trainer takes the KD logits
+   (``task.kd_logits``) and the layer-loss states (the spec's extractor) from that one output,
+   detached.
 3. The student's forward, losses, backward and update (skipped on every process when a loss or
    gradient norm is not finite anywhere).
 4. ``schedule.after_step(i)``, whether the update was skipped or not.

@@ -19,13 +19,19 @@ from accelerate import Accelerator
 from torch import nn
 from torch.optim import Optimizer
 
-from ..contracts import CaldOutput, ExtractedStates, GuidanceSchedule, LossWeights, StepPlan, Task
+from ..contracts import (
+    CaldOutput,
+    ExtractedStates,
+    Extractor,
+    GuidanceSchedule,
+    LossWeights,
+    StepPlan,
+    Task,
+)
 from ..errors import CaldError
 from .batching import batch_rows, to_device
 from .losses import LossConfig, combine, kd_loss, ld_loss
 from .precision import Precision
-
-Extractor = Callable[[CaldOutput], ExtractedStates]
 
 
 @dataclass(frozen=True)

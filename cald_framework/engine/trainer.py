@@ -28,7 +28,7 @@ from accelerate.utils import (
 )
 from torch import nn
 
-from ..contracts import AvailableTeachers, GuidanceSchedule, TaskOnly, Task, TaskData
+from ..contracts import AvailableTeachers, Extractor, GuidanceSchedule, Task, TaskData, TaskOnly
 from ..errors import CaldError
 from ..layout import CHECKPOINTS_DIR, METRICS_FILE, TRACKERS_DIR
 from ..spec.sections import EvaluationSection, TrainingSection
@@ -43,7 +43,7 @@ from .precision import Precision
 from .rng import seed_everything
 from .schedules import build_scheduler
 from .state import Checkpointer, Progress, is_better
-from .step import Extractor, StepResult, StudentStep
+from .step import StepResult, StudentStep
 
 
 @dataclass(frozen=True)
