@@ -24,7 +24,7 @@ from cald_framework import cli
 from cald_framework.engine.checkpoints import list_checkpoints
 from cald_framework.engine.tensorfiles import read_tensors
 from cald_framework.layout import CHECKPOINTS_DIR, RESULTS_FILE, STUDENT_DIR, parse_step
-from scripts.tiny_workspace import build_workspace
+from cald_testing.workspaces import build_review_workspace
 
 #: no teacher fine-tuning; 12 steps (48 rows, batch 8, 2 epochs), a checkpoint after each
 QUICK = {"guidance.mode": "unguided", "student.init": "source", "training.epochs": 2}
@@ -65,7 +65,7 @@ def _kill_at_first_checkpoint(process: subprocess.Popen[bytes], checkpoints: Pat
 def test_a_killed_run_resumes_to_the_uninterrupted_student(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    build_workspace(tmp_path, QUICK)
+    build_review_workspace(tmp_path, QUICK)
     monkeypatch.chdir(tmp_path)
     process = _start(tmp_path, "killed")
     checkpoints = tmp_path / "killed" / CHECKPOINTS_DIR

@@ -33,7 +33,7 @@ from cald_framework.engine import GuidanceSetup, LossConfig, TeacherSources, tra
 from cald_framework.modeling import CaldModel
 from cald_framework.plugin_manager import load_registries
 from cald_framework.spec.sections import GuidanceSection
-from tests.engine_fixtures import TinyModel, TinyTask, all_layers, collate, evaluation, tiny_data, training
+from cald_framework.testing.engine import TinyModel, TinyTask, all_layers, collate, evaluation, tiny_data, training
 
 TEMPERATURE = 3.0
 

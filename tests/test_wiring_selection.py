@@ -18,7 +18,7 @@ import torch
 from cald_framework.contracts import CaldOutput, MetricAccumulator
 from cald_framework.engine import LossConfig, LossWeights, StepEnd, train
 from cald_framework.plugin_manager import load_registries
-from tests.engine_fixtures import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
+from cald_framework.testing.engine import TinyModel, TinyTask, evaluation, state_of, tiny_data, training
 
 #: the metric of the evaluations after steps 1..5: the lowest at step 2, the highest at step 4
 SCRIPT = (5.0, 3.0, 4.0, 6.0, 4.5)

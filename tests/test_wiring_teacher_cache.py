@@ -14,15 +14,10 @@ from pathlib import Path
 
 import pytest
 
-# the key is not public: this is the one place that names it
-from cald_framework.pipeline import _cache_key, _prepare
-from cald_framework.spec import ValidatedSpec, load_spec
-from scripts.tiny_workspace import build_workspace
-
-
-def teacher_cache_key(validated: ValidatedSpec) -> str:
-    """The key under which the run of ``validated`` looks for its fine-tuned teacher."""
-    return _cache_key(_prepare(validated))
+from cald_framework.run.prepare import RunContext
+from cald_framework.run.teachers import teacher_cache_key
+from cald_framework.spec import load_spec
+from cald_testing.workspaces import build_review_workspace
 
 
 #: --set overrides that change the fine-tuned teacher
@@ -47,7 +42,7 @@ LEAVES_THE_TEACHER = {
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cache-key")
-    build_workspace(root)
+    build_review_workspace(root)
     shutil.copytree(root / "tiny-bert", root / "other-bert")
     return root
 
@@ -58,7 +53,7 @@ def key_with(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., 
     monkeypatch.chdir(workspace)
 
     def key(*overrides: str) -> str:
-        return teacher_cache_key(load_spec("spec.toml", overrides))
+        return teacher_cache_key(RunContext.from_spec(load_spec("spec.toml", overrides)))
 
     return key
 

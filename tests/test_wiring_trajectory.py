@@ -19,7 +19,7 @@ import torch
 from cald_framework.contracts import CaldOutput
 from cald_framework.engine import GuidanceSetup, LossConfig, LossWeights, StepEnd, TeacherSources, train
 from cald_framework.plugin_manager import load_registries
-from tests.engine_fixtures import TinyModel, TinyTask, all_layers, evaluation, tiny_data, training
+from cald_framework.testing.engine import TinyModel, TinyTask, all_layers, evaluation, tiny_data, training
 
 STEPS, T_U, TEACHER_LR = 6, 2, 0.05
 
