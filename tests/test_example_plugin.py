@@ -20,14 +20,14 @@ from cald_testing.mixers import (
     padded_batch,
 )
 
-try:
-    from cald_retnet_mixer import RetentionMixer, RetentionOptions
-    from cald_retnet_mixer.plugin import cald_register_mixers
-    from cald_retnet_mixer.retention import chunkwise_retention, head_decays
-except ImportError as error:  # pragma: no cover - a setup problem, not a test outcome
-    raise ImportError(
-        "the example plugin is not installed: pip install -e examples/cald-retnet-mixer"
-    ) from error
+pytest.importorskip(
+    "cald_retnet_mixer",
+    reason="the example plugin is not installed: pip install -e examples/cald-retnet-mixer",
+)
+
+from cald_retnet_mixer import RetentionMixer, RetentionOptions  # noqa: E402
+from cald_retnet_mixer.plugin import cald_register_mixers  # noqa: E402
+from cald_retnet_mixer.retention import chunkwise_retention, head_decays  # noqa: E402
 
 
 def _teacher(width: int, output: bool) -> AttentionProjections:

@@ -27,6 +27,7 @@ from ..layout import SPEC_FILE
 from ..modeling import CaldModel
 from ..spec import Spec, ValidatedSpec
 from ..spec.toml_writer import dumps
+from ..validation import validate_options
 
 
 @contextmanager
@@ -78,7 +79,9 @@ class RunContext:
         options_data = resolve_assets(
             validated, validated.task_options.model_dump(exclude_unset=True)
         )
-        task_options = validated.task.options.model_validate(options_data)
+        task_options = validate_options(
+            validated.task.options, options_data, f"task {spec.task.kind!r}"
+        )
         task = validated.task.build(task_options)
         preprocessor = validated.source.family().load_preprocessor(teacher_model)
         with processes().main_process_first():  # the others then read the main process's cache
