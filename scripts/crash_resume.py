@@ -30,7 +30,7 @@ from cald_testing.workspaces import build_review_workspace
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint
 from cald_framework.engine.tensorfiles import read_tensors
 from cald_framework.errors import CheckpointError
-from cald_framework.layout import STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR
+from cald_framework.layout import SPEC_FILE, STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR
 
 ENVIRONMENT = {
     **os.environ,
@@ -78,7 +78,7 @@ def _verify(output: Path, tally: Tally) -> None:
 
 
 def _start(workspace: Path, output: str, resume: bool) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "cald_framework", "run", "spec.toml"]
+    command = [sys.executable, "-m", "cald_framework", "run", SPEC_FILE]
     command += ["--set", f"experiment.output_dir={output}"] + (["--resume"] if resume else [])
     return subprocess.Popen(
         command, cwd=workspace, env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
