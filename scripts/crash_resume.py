@@ -30,7 +30,7 @@ from cald_testing.workspaces import build_review_workspace
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint
 from cald_framework.engine.tensorfiles import read_tensors
 from cald_framework.errors import CheckpointError
-from cald_framework.layout import SPEC_FILE, STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR
+from cald_framework.layout import CHECKPOINTS_DIR, SPEC_FILE, STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR
 
 ENVIRONMENT = {
     **os.environ,
@@ -59,7 +59,13 @@ class Tally:
 
 
 def _checkpoint_roots(output: Path) -> list[Path]:
-    return [path for path in output.glob("**/checkpoints") if path.is_dir()]
+    """The student's checkpoint folder and the teacher fine-tuning runs'.
+
+    Named rather than searched for: a recursive search would walk into ``.tmp-*`` folders that
+    the running process renames or removes meanwhile.
+    """
+    candidates = [output / CHECKPOINTS_DIR, *output.glob(f"{TEACHER_CACHE_DIR}/*/{CHECKPOINTS_DIR}")]
+    return [path for path in candidates if path.is_dir()]
 
 
 def _leftovers(output: Path) -> list[Path]:
