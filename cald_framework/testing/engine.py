@@ -28,6 +28,7 @@ from ..contracts import (
 )
 from ..engine.tensorfiles import read_tensors, write_tensors
 from ..engine.waypoints import write_manifest
+from ..layout import waypoint_file
 from ..spec.sections import EvaluationSection, TrainingSection
 
 VOCAB, WIDTH, LABELS = 12, 8, 2
@@ -117,7 +118,7 @@ def make_waypoints(directory: Path, steps: tuple[int, ...] = (2, 4, 6)) -> list[
     """Waypoint files holding differently seeded tiny models, and their manifest."""
     waypoints = []
     for step in steps:
-        path = directory / f"step-{step:08d}.safetensors"
+        path = directory / waypoint_file(step)
         write_tensors(path, TinyModel(seed=100 + step).state_dict())
         waypoints.append(Waypoint(step, path))
     write_manifest(directory, steps[-1], waypoints)
