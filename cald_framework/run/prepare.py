@@ -101,10 +101,12 @@ class RunContext:
 
     @property
     def spec(self) -> Spec:
+        """The spec's sections (``validated`` also holds the plugins they name)."""
         return self.validated.spec
 
     @property
     def head(self) -> HeadSpec:
+        """The head the task's data asks for, on the teacher and on the student alike."""
         return self.data.head
 
     @cached_property
