@@ -52,6 +52,7 @@ def step_name(step: int) -> str:
 
 
 def waypoint_file(step: int) -> str:
+    """``step-XXXXXXXX.safetensors``: the file of the waypoint saved at ``step``."""
     return step_name(step) + WAYPOINT_SUFFIX
 
 

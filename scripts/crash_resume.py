@@ -30,7 +30,14 @@ from cald_testing.workspaces import build_review_workspace
 from cald_framework.engine.checkpoints import list_checkpoints, open_checkpoint
 from cald_framework.engine.tensorfiles import read_tensors
 from cald_framework.errors import CheckpointError
-from cald_framework.layout import CHECKPOINTS_DIR, SPEC_FILE, STUDENT_DIR, TARGET_DIR, TEACHER_CACHE_DIR
+from cald_framework.layout import (
+    CHECKPOINTS_DIR,
+    SPEC_FILE,
+    STUDENT_DIR,
+    TARGET_DIR,
+    TEACHER_CACHE_DIR,
+)
+from cald_framework.modeling import WEIGHTS_NAME
 
 ENVIRONMENT = {
     **os.environ,
@@ -175,8 +182,8 @@ def crash_and_resume(workspace: Path, kills: int, first_write: float, rng: rando
 
 def _weight_files(output: Path) -> list[Path]:
     """The student's weights and the fine-tuned teacher's, in a fixed order."""
-    return [output / STUDENT_DIR / "model.safetensors"] + sorted(
-        output.glob(f"{TEACHER_CACHE_DIR}/*/{TARGET_DIR}/model.safetensors")
+    return [output / STUDENT_DIR / WEIGHTS_NAME] + sorted(
+        output.glob(f"{TEACHER_CACHE_DIR}/*/{TARGET_DIR}/{WEIGHTS_NAME}")
     )
 
 

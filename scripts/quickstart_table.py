@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cald_framework.layout import DONE_FILE, RESULTS_FILE
+from cald_framework.layout import DONE_FILE, METRICS_FILE, RESULTS_FILE
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def render(spec: str, results: dict[Row, dict]) -> str:
         f"| run | {metric}: best checkpoint | at the end | training wall time | command |",
         "|---|---|---|---|---|",
         f"| teacher (MiniLM fine-tuned) | {first['teacher_metrics'][metric]:.3f} "
-        f"| {final_metric(Path(first['paths']['teacher']).parent / 'metrics.jsonl', metric):.3f} "
+        f"| {final_metric(Path(first['paths']['teacher']).parent / METRICS_FILE, metric):.3f} "
         f"| {teacher_seconds(first):.0f} s | produced by the first command below |",
     ]
     for row in ROWS:

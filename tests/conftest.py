@@ -26,6 +26,7 @@ from cald_framework.contracts import (
 from cald_framework.spec import loader
 from cald_framework.testing.toy_plugins import TOY_DATA, toy_registries
 
+
 @pytest.fixture(scope="session")
 def source_plugins() -> dict[str, SourcePlugin]:
     """The built-in source plugins, collected straight from their registration hook."""

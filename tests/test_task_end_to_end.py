@@ -16,10 +16,10 @@ import torch
 from cald_testing.workspaces import build_ci_workspace
 
 from cald_framework import cli
-from cald_framework.contracts import Task, TaskData
 from cald_framework.engine.evaluation import evaluate_model
 from cald_framework.modeling import CaldModel
-from cald_framework.spec import ValidatedSpec, load_spec
+from cald_framework.run.prepare import RunContext
+from cald_framework.spec import load_spec
 
 CI_SPECS = Path(__file__).resolve().parents[1] / "specs" / "ci"
 
@@ -43,14 +43,6 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_ci_workspace(tmp_path_factory.mktemp("tasks"))
-
-
-def task_and_data(validated: ValidatedSpec) -> tuple[Task, TaskData]:
-    """The task of ``validated`` and the data a run uses, built the way ``run`` builds them."""
-    spec = validated.spec
-    task = validated.task.build(validated.task_options)
-    preprocessor = validated.source.family().load_preprocessor(spec.teacher.model)
-    return task, task.build_data(preprocessor, spec.experiment.seed)
 
 
 def read_results(run: Path) -> dict[str, Any]:
@@ -77,7 +69,8 @@ def test_task_runs_end_to_end_and_its_export_reloads(
     assert transfer["unexpected_missing"] == [] and transfer["unexpected_new"] == []
 
     validated = load_spec(spec)
-    task, data = task_and_data(validated)
+    context = RunContext.from_spec(validated)  # the task and data exactly as the run had them
+    task, data = context.task, context.data
     student = CaldModel.from_pretrained(run / "student")
     assert student.config.mixer == mixer
     metrics = evaluate_model(student, task, data, validated.spec.training)

@@ -199,7 +199,7 @@ def test_all_rows_bad_is_an_error_even_when_skipping(tmp_path: Path) -> None:
         build(tmp_path, data_files=path, eval_split=None, on_bad_row="skip", label_names=["x", "y"])
 
 
-# ------------------------------------------------------------------------ source errors
+# ------------------------------------------------------------------------ loading errors
 
 
 def test_missing_column_lists_the_columns(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from ..conversion import convert
-from ..engine import LossConfig
 from ..errors import CaldError
 from ..modeling import CaldModel
 from .bench import DEFAULT_LENGTHS, plot_scaling, scaling, side_by_side, summarise
@@ -168,15 +167,15 @@ def bench_command(args: argparse.Namespace) -> int:
             max_seconds=args.max_seconds, scenario=scenario, clock=args.clock,
         )
         if run is not None and args.overhead_steps > 0:
-            validated = run.validated
+            context = run.context
             overhead += [
                 {"scenario": scenario, **row}
                 for row in guidance_overhead(
-                    student, teacher, run.context.task, run.context.data,
+                    student, teacher, context.task, context.data,
                     run.training_batch(args.overhead_batch),
-                    training=validated.spec.training,
-                    loss=LossConfig.from_section(validated.spec.guidance),
-                    extractor=validated.extractor.build(validated.extractor_options),
+                    training=context.spec.training,
+                    loss=context.loss,
+                    extractor=context.extractor(),
                     steps=args.overhead_steps, update_every=args.update_every, clock=args.clock,
                 )
             ]

@@ -66,7 +66,7 @@ class RunDirectory:
     directory's spec, built on first use (reading the directory alone loads nothing).
     """
 
-    def __init__(self, validated: ValidatedSpec, directory: Path, device: torch.device):
+    def __init__(self, validated: ValidatedSpec, directory: Path, device: torch.device) -> None:
         self.validated = validated
         #: the directory holding the spec (the run's output directory)
         self.directory = directory

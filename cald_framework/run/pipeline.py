@@ -1,4 +1,4 @@
-"""``run``: the whole pipeline a spec asks for, from assets to the report.
+"""``run_pipeline``: the stages of a run in order, each a call to its own module.
 
 spec -> plugins resolve names -> task builds the data -> source loads the teacher -> (teacher
 fine-tuning, cached) -> mixer + source build the student -> guidance decides the teacher at each

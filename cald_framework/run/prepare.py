@@ -22,7 +22,8 @@ from accelerate import PartialState
 from ..assets import resolve_references
 from ..atomic import write_text_atomic
 from ..consistency import check_positions, check_vocabulary
-from ..contracts import HeadSpec, PluginOptions, Task, TaskData
+from ..contracts import Extractor, HeadSpec, PluginOptions, Task, TaskData
+from ..engine.losses import LossConfig
 from ..layout import SPEC_FILE
 from ..modeling import CaldModel
 from ..spec import Spec, ValidatedSpec
@@ -100,10 +101,12 @@ class RunContext:
 
     @property
     def spec(self) -> Spec:
+        """The spec's sections (``validated`` also holds the plugins they name)."""
         return self.validated.spec
 
     @property
     def head(self) -> HeadSpec:
+        """The head the task's data asks for, on the teacher and on the student alike."""
         return self.data.head
 
     @cached_property
@@ -126,6 +129,15 @@ class RunContext:
         check_vocabulary(self.preprocessor, model, self.teacher_model)
         check_positions(model, self.max_length, self.teacher_model)
         return model
+
+    @property
+    def loss(self) -> LossConfig:
+        """The spec's loss weights, temperature and reduction, as the engine takes them."""
+        return LossConfig.from_section(self.spec.guidance)
+
+    def extractor(self) -> Extractor:
+        """The spec's hidden-state extractor, built from its options."""
+        return self.validated.extractor.build(self.validated.extractor_options)
 
     def source_copy(self) -> CaldModel:
         """A model of its own, equal to :attr:`source_model` (head included)."""

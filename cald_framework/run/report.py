@@ -53,6 +53,7 @@ class RunResults:
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document, with its format number and the derived speed-up included."""
         data = asdict(self)
         if self.speed is not None:
             data["speed"]["speedup"] = self.speed.speedup
@@ -76,6 +77,7 @@ def _format_metric(value: float | None) -> str:
 
 
 def render_markdown(results: RunResults) -> str:
+    """``report.md``: teacher and student side by side, for people reading the run."""
     metrics = sorted(set(results.teacher_metrics) | set(results.student_metrics))
     lines = [
         f"# {results.experiment}",

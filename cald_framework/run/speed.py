@@ -23,6 +23,7 @@ class SpeedComparison:
 
     @property
     def speedup(self) -> float:
+        """How many times faster the student is (``nan`` if it took no measurable time)."""
         return self.teacher_ms / self.student_ms if self.student_ms > 0 else float("nan")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..engine.guidance import GuidanceSetup
-from ..engine.losses import LossConfig
 from ..engine.trainer import TrainResult, train
 from ..modeling import CaldModel
 from .prepare import RunContext
@@ -25,9 +24,9 @@ def train_student(
         context.data,
         training=spec.training,
         evaluation=spec.evaluation,
-        loss=LossConfig.from_section(spec.guidance),
+        loss=context.loss,
         guidance=guidance,
-        extractor=validated.extractor.build(validated.extractor_options),
+        extractor=context.extractor(),
         output_dir=context.output_dir,
         seed=spec.experiment.seed,
         resume=resume,

@@ -28,6 +28,7 @@ from ..contracts import (
 )
 from ..engine.tensorfiles import read_tensors, write_tensors
 from ..engine.waypoints import write_manifest
+from ..layout import waypoint_file
 from ..spec.sections import EvaluationSection, TrainingSection
 
 VOCAB, WIDTH, LABELS = 12, 8, 2
@@ -36,7 +37,7 @@ VOCAB, WIDTH, LABELS = 12, 8, 2
 class TinyBlock(nn.Module):
     """Pre-norm residual block: a causal running mean over valid positions, then an MLP."""
 
-    def __init__(self, width: int, dropout: float):
+    def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.mix = nn.Linear(width, width)
@@ -51,7 +52,10 @@ class TinyBlock(nn.Module):
 
 
 class TinyModel(nn.Module):
-    def __init__(self, layers: int = 2, dropout: float = 0.1, seed: int = 0):
+    """Embeddings, :class:`TinyBlock` layers and a pooled classifier, its weights drawn from
+    ``seed`` without touching torch's global generator (so tests can build it anywhere)."""
+
+    def __init__(self, layers: int = 2, dropout: float = 0.1, seed: int = 0) -> None:
         super().__init__()
         generator_state = torch.get_rng_state()
         torch.manual_seed(seed)
@@ -78,7 +82,7 @@ class TinyModel(nn.Module):
 class Counting(nn.Module):
     """Wraps a teacher: appends its name to a shared log at each forward, and notes how it ran."""
 
-    def __init__(self, model: nn.Module, name: str, log: list[str]):
+    def __init__(self, model: nn.Module, name: str, log: list[str]) -> None:
         super().__init__()
         self.model = model
         self.name = name
@@ -110,6 +114,7 @@ def calls_per_step(log: list[str]) -> list[list[str]]:
 
 
 def mark_steps(log: list[str]) -> Callable[[Any], None]:
+    """A step-end callback that appends ``"|"`` to ``log``, for :func:`calls_per_step`."""
     return lambda end: log.append("|")
 
 
@@ -117,7 +122,7 @@ def make_waypoints(directory: Path, steps: tuple[int, ...] = (2, 4, 6)) -> list[
     """Waypoint files holding differently seeded tiny models, and their manifest."""
     waypoints = []
     for step in steps:
-        path = directory / f"step-{step:08d}.safetensors"
+        path = directory / waypoint_file(step)
         write_tensors(path, TinyModel(seed=100 + step).state_dict())
         waypoints.append(Waypoint(step, path))
     write_manifest(directory, steps[-1], waypoints)
@@ -125,6 +130,8 @@ def make_waypoints(directory: Path, steps: tuple[int, ...] = (2, 4, 6)) -> list[
 
 
 class Accuracy(MetricAccumulator):
+    """The :class:`TinyTask`'s metric: the share of rows whose argmax is the label."""
+
     def __init__(self) -> None:
         self.correct = 0
         self.total = 0
@@ -143,7 +150,7 @@ class TinyTask(Task):
     primary_metric = "accuracy"
     modality = "text"
 
-    def __init__(self, nan_at: set[int] | None = None):
+    def __init__(self, nan_at: set[int] | None = None) -> None:
         super().__init__(NoOptions())
         self.nan_at = nan_at or set()
         self.calls = 0
@@ -174,6 +181,7 @@ def _rows(count: int, rng: random.Random) -> list[dict[str, Any]]:
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Right-padded ``input_ids`` with their mask, and the labels: a batch as tasks give it."""
     longest = max(len(row["input_ids"]) for row in rows)
     ids = torch.zeros(len(rows), longest, dtype=torch.long)
     mask = torch.zeros(len(rows), longest, dtype=torch.long)
@@ -185,6 +193,7 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tiny_data(train: int = 24, eval: int = 8, seed: int = 0) -> TaskData:
+    """``train`` and ``eval`` rows of 2 to 6 random ids, labelled by the first, from ``seed``."""
     rng = random.Random(seed)
     rows = _rows(train, rng)
     return TaskData(
@@ -212,17 +221,19 @@ def training(**changes: Any) -> TrainingSection:
 
 
 def evaluation(**changes: Any) -> EvaluationSection:
+    """The spec's evaluation defaults with ``changes``, the partner of :func:`training`."""
     return EvaluationSection(**changes)
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s weights, to compare with after it trains on."""
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 class WaypointLoader:
     """Builds a counted teacher from a waypoint file; remembers how many were alive at each load."""
 
-    def __init__(self, log: list[str]):
+    def __init__(self, log: list[str]) -> None:
         self.log = log
         self.alive: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self.alive_at_load: list[int] = []

@@ -18,6 +18,8 @@ from .rows import RowEncoder, encode_split
 
 @dataclass(frozen=True)
 class EncodedSplits:
+    """Both splits encoded, with the count of bad rows each dropped, for the task's metadata."""
+
     train: datasets.Dataset
     eval: datasets.Dataset | None
     #: bad rows dropped per split (``on_bad_row = "skip"``)

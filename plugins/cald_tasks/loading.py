@@ -32,6 +32,8 @@ class Origin:
 
 @dataclass(frozen=True)
 class RawSplit:
+    """Raw rows of one split, and the origins their ``_origin`` column points into."""
+
     rows: datasets.Dataset
     origins: tuple[Origin, ...]
 
@@ -59,6 +61,8 @@ class RawSplit:
 
 @dataclass(frozen=True)
 class RawSplits:
+    """The training rows and the evaluation rows (``None`` when the data has none to load)."""
+
     train: RawSplit
     eval: RawSplit | None
 

@@ -22,8 +22,22 @@ from transformers import (
 
 from cald_framework.contracts import HeadSpec
 
-_TEXT = {"vocab_size": 60, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
-_AUDIO = {
+
+def text_shape(hidden_size: int = 16, max_positions: int = 32) -> dict[str, int]:
+    """Two layers over two heads, the feed-forward twice as wide as the model."""
+    return {
+        "hidden_size": hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 2 * hidden_size,
+        "max_position_embeddings": max_positions,
+    }
+
+
+#: the text models' shape at 40 positions, over a 60-word vocabulary
+_TEXT = {"vocab_size": 60, **text_shape(max_positions=40)}
+#: two layers of width 16 over a two-layer feature encoder: the shape of every tiny wav2vec2
+_AUDIO_SHAPE = {
     "hidden_size": 16,
     "intermediate_size": 32,
     "num_hidden_layers": 2,
@@ -33,59 +47,36 @@ _AUDIO = {
     "conv_kernel": (10, 3),
     "num_conv_pos_embeddings": 4,
     "num_conv_pos_embedding_groups": 2,
-    "vocab_size": 12,
 }
+_AUDIO = {**_AUDIO_SHAPE, "vocab_size": 12}
 
 #: case -> (source family, backbone config, head); every case builds in well under a second
 TINY_MODELS: dict[str, tuple[str, dict[str, Any], HeadSpec]] = {
-    "bert": (
-        "bert",
-        {"model_type": "bert", "num_attention_heads": 2, "max_position_embeddings": 40, **_TEXT},
-        HeadSpec("classification", 3),
-    ),
+    "bert": ("bert", {"model_type": "bert", **_TEXT}, HeadSpec("classification", 3)),
     "roberta": (
         "bert",
-        {
-            "model_type": "roberta",
-            "num_attention_heads": 4,
-            "max_position_embeddings": 40,
-            "pad_token_id": 1,
-            **_TEXT,
-        },
+        {"model_type": "roberta", **_TEXT, "num_attention_heads": 4, "pad_token_id": 1},
         HeadSpec("classification", 2),
     ),
     "gpt-neox": (
         "gpt-neox",
-        {
-            "model_type": "gpt_neox",
-            "num_attention_heads": 4,
-            "max_position_embeddings": 40,
-            "rotary_pct": 0.5,
-            **_TEXT,
-        },
+        {"model_type": "gpt_neox", **_TEXT, "num_attention_heads": 4, "rotary_pct": 0.5},
         HeadSpec("causal_lm"),
     ),
     "llama": (
         "llama",
         {
             "model_type": "llama",
+            **_TEXT,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
-            "max_position_embeddings": 40,
             "tie_word_embeddings": True,
-            **_TEXT,
         },
         HeadSpec("causal_lm"),
     ),
     "llama-classifier": (
         "llama",
-        {
-            "model_type": "llama",
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 40,
-            **_TEXT,
-        },
+        {"model_type": "llama", **_TEXT, "num_attention_heads": 4, "num_key_value_heads": 4},
         HeadSpec("classification", 4),
     ),
     "wav2vec2": (
@@ -115,16 +106,6 @@ TINY_MODELS: dict[str, tuple[str, dict[str, Any], HeadSpec]] = {
         HeadSpec("classification", 3),
     ),
 }
-
-def text_shape(hidden_size: int = 16, max_positions: int = 32) -> dict[str, int]:
-    """Two layers over two heads, the feed-forward twice as wide as the model."""
-    return {
-        "hidden_size": hidden_size,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 2 * hidden_size,
-        "max_position_embeddings": max_positions,
-    }
 
 
 def save_bert(
@@ -169,19 +150,7 @@ def save_gpt_neox(
 
 def save_wav2vec2(directory: Path) -> None:
     """A randomly initialised two-layer wav2vec2 (stable layer norm) and its feature extractor."""
-    config = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8, 8),
-        conv_stride=(5, 2),
-        conv_kernel=(10, 3),
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2,
-    )
+    config = Wav2Vec2Config(**_AUDIO_SHAPE, feat_extract_norm="layer", do_stable_layer_norm=True)
     torch.manual_seed(0)
     Wav2Vec2Model(config).save_pretrained(directory)
     Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(directory)
