@@ -305,7 +305,11 @@ class CaldModel(PreTrainedModel):
                 "(give the source family's checkpoints as teacher.model)"
             )
         config = CaldConfig.from_pretrained(path)
-        model = cls(config, source=source, mixer=mixer)
+        # the random initialisation is overwritten by the saved weights; drawing it from the
+        # caller's stream would shift that stream (a resumed run loads its teacher after
+        # restoring the checkpoint's random state, an uninterrupted one at step 0)
+        with torch.random.fork_rng(devices=[]):
+            model = cls(config, source=source, mixer=mixer)
         try:
             load_model(model, path / WEIGHTS_NAME, strict=True)
         except RuntimeError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,4 +92,28 @@ def test_a_killed_run_resumes_to_the_uninterrupted_student(
 
     resumed, straight = read_tensors(tmp_path / "killed" / WEIGHTS), read_tensors(tmp_path / "straight" / WEIGHTS)
     assert resumed.keys() == straight.keys()
+    assert [name for name in straight if not torch.equal(resumed[name], straight[name])] == []
+
+
+def test_a_target_guided_run_resumed_mid_way_ends_with_the_uninterrupted_student(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The resumed run loads its target teacher after restoring the random streams of its
+    checkpoint: loading must not draw from them, or dropout differs from then on."""
+    changes = {"training.epochs": 2, "training.keep_last": STEPS, "experiment.teacher_cache": "cache"}
+    build_review_workspace(tmp_path, changes)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(_command("straight")) == 0
+    resumed_at = 5
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    for checkpoint in list_checkpoints(tmp_path / "resumed" / CHECKPOINTS_DIR):
+        if parse_step(checkpoint.name) > resumed_at:  # as if killed after step 5's checkpoint
+            shutil.rmtree(checkpoint)
+    shutil.rmtree(tmp_path / "resumed" / STUDENT_DIR)
+
+    capsys.readouterr()
+    assert cli.main(_command("resumed", "--resume")) == 0
+    trained = [int(step) for step in re.findall(r"^\[train step (\d+)/", capsys.readouterr().err, re.M)]
+    assert trained == list(range(resumed_at + 1, STEPS + 1))
+    resumed, straight = read_tensors(tmp_path / "resumed" / WEIGHTS), read_tensors(tmp_path / "straight" / WEIGHTS)
     assert [name for name in straight if not torch.equal(resumed[name], straight[name])] == []

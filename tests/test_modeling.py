@@ -180,3 +180,12 @@ def test_every_tiny_model_builds_a_head_of_the_right_width(make_teacher):
         else:
             assert model.head.classifier.in_features == 16
             assert model.head.classifier.out_features == head.num_labels
+
+
+def test_reloading_a_model_leaves_the_callers_random_stream_alone(tmp_path, make_teacher, source_plugins):
+    """A resumed run reloads its teacher after restoring its random state: no draw may move it."""
+    teacher = make_teacher("bert")
+    teacher.save_pretrained(tmp_path)
+    before = torch.get_rng_state()
+    CaldModel.from_pretrained(tmp_path, source=source_plugins["bert"])
+    assert torch.equal(torch.get_rng_state(), before)
