@@ -15,12 +15,12 @@ from accelerate import PartialState
 from torch import nn
 
 from ..contracts import LossWeights, Task, TaskData, Waypoint
-from ..layout import TARGET_DIR, WAYPOINTS_DIR, waypoint_file
+from ..layout import TARGET_DIR, WAYPOINT_MANIFEST, WAYPOINTS_DIR, waypoint_file
 from ..spec.sections import EvaluationSection, TrainingSection
 from .losses import LossConfig
 from .tensorfiles import write_tensors
 from .trainer import StepEnd, train
-from .waypoints import MANIFEST, read_waypoints, waypoint_steps, write_manifest
+from .waypoints import read_waypoints, waypoint_steps, write_manifest
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def finetune_teacher(
     if state.is_main_process:
         save_model(teacher, target_dir)
     state.wait_for_everyone()
-    manifest = output_dir / MANIFEST
+    manifest = output_dir / WAYPOINT_MANIFEST
     return FinetuneResult(
         target_dir, manifest, read_waypoints(manifest), result.metrics, result.wall_seconds
     )
