@@ -4,10 +4,9 @@
 (forward, task loss, backward, ``clip_grad_norm_``, AdamW step, ``zero_grad``) each train their
 own copy of the same student, a Linformer conversion of a BERT (default: MiniLM-sized, 6
 layers of width 384), on the same batch of synthetic text classification, with the same
-AdamW parameter groups and settings. Steps are timed in interleaved pairs, the order swapped
-from one pair to the next so that a change in the machine's load or a cache effect hits both
-alike; the figures are medians after a warm-up. Dropout is off, so both loops do the same
-arithmetic, and the script checks that the two copies end with identical weights.
+AdamW parameter groups and settings. Steps are timed in interleaved pairs (see :mod:`paired`);
+the figures are medians after a warm-up. Dropout is off, so both loops do the same arithmetic,
+and the script checks that the two copies end with identical weights.
 
     python benchmarks/bench_engine_overhead.py [--pairs 30] [--warmup 3] [--batch 16]
         [--length 128] [--layers 6] [--width 384] [--k 64] [--clock wall|cpu]
@@ -31,10 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from paired import paired_times  # noqa: E402
 from text_workload import bert_teacher, linformer_student, text_task  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cald_framework.analysis.measure import CLOCKS, clock_for, synchronize  # noqa: E402
+from cald_framework.analysis.measure import CLOCKS  # noqa: E402
 from cald_framework.analysis.output import format_table  # noqa: E402
 from cald_framework.contracts import Task  # noqa: E402
 from cald_framework.engine import LossConfig, Trainer  # noqa: E402
@@ -65,30 +65,6 @@ def plain_step(
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def paired_times(
-    engine: Callable[[], None],
-    plain: Callable[[], None],
-    *,
-    pairs: int,
-    warmup: int,
-    device: torch.device,
-    clock: str,
-) -> tuple[list[float], list[float]]:
-    """Seconds of each call, ``pairs`` interleaved pairs after ``warmup``, alternating who goes first."""
-    now = clock_for(clock, device)
-    times: dict[str, list[float]] = {"engine": [], "plain": []}
-    for index in range(warmup + pairs):
-        order = [("engine", engine), ("plain", plain)]
-        for name, call in order if index % 2 == 0 else order[::-1]:
-            synchronize(device)
-            start = now()
-            call()
-            synchronize(device)
-            if index >= warmup:
-                times[name].append(now() - start)
-    return times["engine"], times["plain"]
 
 
 def main() -> None:

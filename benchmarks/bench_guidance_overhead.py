@@ -3,10 +3,10 @@
 A MiniLM-sized BERT (6 layers, width 384, 12 heads) is the teacher; its Linformer conversion is
 the student. Two trainers of the engine take turns at ``Trainer.step`` (one optimizer step:
 forward, losses, backward, clip, AdamW) on the same batch of synthetic text-classification
-data, so that changes in the machine's load hit both alike; the figures are medians after a
-warm-up. The guided run adds one teacher forward per micro-batch (inference mode, eval mode,
-autocast with ``--precision bf16``), reused for the KD and LD targets. Prints both medians and
-their ratio. Not a test: the figures depend on the machine.
+data, in interleaved pairs (see :mod:`paired`); the figures are medians after a warm-up. The
+guided run adds one teacher forward per micro-batch (inference mode, eval mode, autocast with
+``--precision bf16``), reused for the KD and LD targets. Prints both medians and their ratio.
+Not a test: the figures depend on the machine.
 
     python benchmarks/bench_guidance_overhead.py [--steps 10] [--warmup 2] [--batch 16]
         [--length 128] [--layers 6] [--width 384] [--precision fp32|bf16] [--k 64]
@@ -19,14 +19,13 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from paired import paired_times  # noqa: E402
 from text_workload import bert_teacher, linformer_student, text_task  # noqa: E402
 
 from cald_framework.contracts import AvailableTeachers, LossWeights, TaskData  # noqa: E402
@@ -65,12 +64,6 @@ def _trainers(
     return trainers[0], trainers[1], data
 
 
-def _time_step(trainer: Trainer, batch: dict[str, Any]) -> float:
-    started = time.perf_counter()
-    trainer.step([batch])
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps")
@@ -89,19 +82,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     registries = load_registries()
-    times: dict[str, list[float]] = {"unguided": [], "guided": []}
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
         unguided_trainer, guided_trainer, data = _trainers(args, registries, directory)
         batch = data.collate([data.train[i] for i in range(args.batch)])
-        for attempt in range(args.warmup + args.steps):
-            # alternate, so that a change in the machine's load hits both alike
-            for name, trainer in (("unguided", unguided_trainer), ("guided", guided_trainer)):
-                seconds = _time_step(trainer, batch)
-                if attempt >= args.warmup:
-                    times[name].append(seconds)
-    unguided, guided = statistics.median(times["unguided"]), statistics.median(times["guided"])
-    ratios = [g / u for g, u in zip(times["guided"], times["unguided"])]
+        unguided_times, guided_times = paired_times(
+            lambda: unguided_trainer.step([batch]), lambda: guided_trainer.step([batch]),
+            pairs=args.steps, warmup=args.warmup, device=unguided_trainer.device, clock="wall",
+        )
+    unguided, guided = statistics.median(unguided_times), statistics.median(guided_times)
+    ratios = [g / u for g, u in zip(guided_times, unguided_times)]
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {device}, {args.layers} layers x {args.width}, batch {args.batch} x {args.length} "
           f"tokens, {args.precision} (teacher {args.teacher_precision or args.precision}), median of {args.steps} steps after {args.warmup} warm-up")

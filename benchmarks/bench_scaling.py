@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,14 @@ from cald_framework.analysis.measure import positions, synthetic_inputs
 from cald_framework.analysis.output import format_table, write_csv
 from cald_framework.analysis.overhead import guidance_overhead
 from cald_framework.assets import resolve_references
-from cald_framework.contracts import CaldOutput, HeadSpec
+from cald_framework.contracts import (
+    CaldOutput,
+    HeadSpec,
+    MetricAccumulator,
+    NoOptions,
+    Task,
+    TaskData,
+)
 from cald_framework.conversion import convert
 from cald_framework.modeling import CaldModel
 from cald_framework.plugin_manager import load_registries
@@ -96,10 +103,33 @@ SCENARIOS = {
 }
 
 
-def proxy_task_loss(output: CaldOutput, batch: dict[str, Any]) -> torch.Tensor:
-    """Cross-entropy against fixed random labels: a task loss of the usual cost for any head."""
-    logits = output.logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+class ProxyTask(Task):
+    """A task of the usual cost for any head, for timing training steps on synthetic batches.
+
+    Its loss is cross-entropy against the batch's fixed random labels; distillation compares
+    the logits at every valid position (``hidden_mask``) when they are per position. It builds
+    no data and computes no metrics: the overhead table only takes steps.
+    """
+
+    primary_metric = "loss"
+
+    def __init__(self) -> None:
+        super().__init__(NoOptions())
+
+    def build_data(self, preprocessor: Any, seed: int) -> TaskData:
+        raise NotImplementedError("the proxy task trains on batches made by _step_batch")
+
+    def loss(self, output: CaldOutput, batch: Mapping[str, Any]) -> torch.Tensor:
+        logits = output.logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+
+    def kd_logits(
+        self, output: CaldOutput, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return output.logits, output.hidden_mask if output.logits.dim() == 3 else None
+
+    def metrics(self) -> MetricAccumulator:
+        raise NotImplementedError("the proxy task is not evaluated")
 
 
 def _step_batch(model: CaldModel, rows: int, length: float) -> dict[str, Any]:
@@ -107,6 +137,23 @@ def _step_batch(model: CaldModel, rows: int, length: float) -> dict[str, Any]:
     logits = model(**inputs).logits
     labels = torch.randint(0, logits.shape[-1], logits.shape[:-1], generator=torch.Generator().manual_seed(0))
     return {"inputs": inputs, "labels": labels}
+
+
+def guidance_steps(
+    name: str, teacher: CaldModel, student: CaldModel, step_batch: tuple[int, float], *,
+    steps: int, clock: str,
+) -> list[dict[str, Any]]:
+    """The guidance-step rows of one scenario, on one synthetic batch of ``step_batch`` size.
+
+    The trainer only needs the data to size its run, so a one-row stand-in does.
+    """
+    with torch.no_grad():
+        batch = _step_batch(teacher, *step_batch)
+    data = TaskData(train=[batch], eval=[], collate=list, head=teacher.head_spec)
+    rows = guidance_overhead(
+        student, teacher, ProxyTask(), data, batch, steps=steps, update_every=4, clock=clock
+    )
+    return [{"scenario": name, **row} for row in rows]
 
 
 def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -123,18 +170,11 @@ def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
         {"teacher": teacher, "student": student}, lengths, repeats=args.repeats,
         max_seconds=args.max_seconds, scenario=f"{name} -> {scenario.mixer}", clock=args.clock,
     )
-    overhead = []
-    if args.overhead_steps:
-        with torch.no_grad():
-            batch = _step_batch(teacher, *scenario.step_batch)
-        overhead = [
-            {"scenario": name, **row}
-            for row in guidance_overhead(
-                student, teacher, batch, proxy_task_loss, steps=args.overhead_steps,
-                update_every=4, clock=args.clock,
-            )
-        ]
-    return rows, overhead
+    if not args.overhead_steps:
+        return rows, []
+    return rows, guidance_steps(
+        name, teacher, student, scenario.step_batch, steps=args.overhead_steps, clock=args.clock
+    )
 
 
 def write(

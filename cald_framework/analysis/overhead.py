@@ -95,7 +95,7 @@ def guidance_overhead(
             trajectory, trajectory.options(T_u=update_every), teachers
         ),
     }
-    seconds = {}
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as directory:
         for mode, setup in setups.items():
             trainer = Trainer(

@@ -94,6 +94,7 @@ class LossWeights:
 
     @property
     def needs_teacher(self) -> bool:
+        """Whether a distillation term is on, so that a step with these weights needs a teacher."""
         return self.kd > 0 or self.ld > 0
 
 
@@ -163,16 +164,22 @@ class TeacherUpdater(Protocol):
         """Update the teacher from the accumulated gradients, clear them, advance its schedule."""
         ...
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """The teacher's weights, optimizer, schedule and loss scaler, for the checkpoint."""
+        ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` when a run resumes."""
+        ...
 
 
 class GuidanceContext(Protocol):
     """What a schedule gets from the trainer when it is built (see the module docstring)."""
 
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """This process's device, where the student trains and teachers must run."""
+        ...
 
     @property
     def total_steps(self) -> int:
@@ -185,7 +192,9 @@ class GuidanceContext(Protocol):
         ...
 
     @property
-    def task(self) -> Task: ...
+    def task(self) -> Task:
+        """The run's task, whose loss and KD logits the student trains with."""
+        ...
 
     def require(self, what: TeacherKind) -> Any:
         """The field ``what`` of the run's :class:`AvailableTeachers`; an error when it is missing."""

@@ -71,7 +71,7 @@ class MetricAccumulator(ABC):
 
 
 class Task(ABC):
-    """A task: data pipeline, head, loss and metrics."""
+    """A task: how it loads and encodes data, its model head, task loss and metrics."""
 
     #: the metric used for best-checkpoint selection unless the spec names another
     primary_metric: ClassVar[str]

@@ -3,10 +3,9 @@ host side of the guidance contract (the contract itself is in :mod:`cald_framewo
 
 from .evaluation import evaluate, evaluate_model
 from .finetune import FinetuneResult, finetune_teacher, save_model
-from .guidance import GuidanceSetup, TrainerContext
+from .guidance import GuidanceSetup
 from .losses import LossConfig
 from .step import StepResult
-from .teacher_updates import TrainableTeacher
 from .tensorfiles import read_tensors, write_tensors
 from .trainer import StepEnd, Trainer, TrainResult, train
 from .waypoints import read_waypoints
@@ -18,9 +17,7 @@ __all__ = [
     "StepEnd",
     "StepResult",
     "TrainResult",
-    "TrainableTeacher",
     "Trainer",
-    "TrainerContext",
     "evaluate",
     "evaluate_model",
     "finetune_teacher",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping
@@ -35,10 +34,6 @@ from .tensorfiles import read_tensors, sha256_of, write_tensors
 FORMAT = 1
 STATE_FILE = "state.json"
 _TEMP_PREFIX = ".tmp-"
-
-
-def checkpoint_name(step: int) -> str:
-    return step_name(step)
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ def save_checkpoint(
     A write that fails (a full disk) raises :class:`CheckpointError` and leaves the other
     checkpoints as they were.
     """
-    final = root / checkpoint_name(step)
+    final = root / step_name(step)
     staging: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,12 @@ from accelerate import PartialState
 from torch import nn
 
 from ..contracts import LossWeights, Task, TaskData, Waypoint
-from ..layout import TARGET_DIR, WAYPOINTS_DIR, waypoint_file
+from ..layout import TARGET_DIR, WAYPOINT_MANIFEST, WAYPOINTS_DIR, waypoint_file
 from ..spec.sections import EvaluationSection, TrainingSection
 from .losses import LossConfig
 from .tensorfiles import write_tensors
 from .trainer import StepEnd, train
-from .waypoints import MANIFEST, read_waypoints, waypoint_steps, write_manifest
+from .waypoints import read_waypoints, waypoint_steps, write_manifest
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,21 @@ class FinetuneResult:
 
 
 class _WaypointSaver:
+    """The ``on_step_end`` callback that saves the waypoints and rewrites the manifest."""
+
     def __init__(self, output_dir: Path, count: int):
         self.output_dir = output_dir
         self.count = count
+
+    def _path(self, step: int) -> Path:
+        return self.output_dir / WAYPOINTS_DIR / waypoint_file(step)
 
     def __call__(self, end: StepEnd) -> None:
         steps = waypoint_steps(end.total_steps, self.count)
         if end.step not in steps or not end.is_main_process:
             return
-        path = self.output_dir / WAYPOINTS_DIR / waypoint_file(end.step)
-        write_tensors(path, end.model.state_dict())
-        saved = [s for s in steps if s <= end.step]
-        waypoints = [
-            Waypoint(s, self.output_dir / WAYPOINTS_DIR / waypoint_file(s)) for s in saved
-        ]
+        write_tensors(self._path(end.step), end.model.state_dict())
+        waypoints = [Waypoint(s, self._path(s)) for s in steps if s <= end.step]
         write_manifest(self.output_dir, end.total_steps, waypoints)
 
 
@@ -115,7 +116,7 @@ def finetune_teacher(
     if state.is_main_process:
         save_model(teacher, target_dir)
     state.wait_for_everyone()
-    manifest = output_dir / MANIFEST
+    manifest = output_dir / WAYPOINT_MANIFEST
     return FinetuneResult(
         target_dir, manifest, read_waypoints(manifest), result.metrics, result.wall_seconds
     )

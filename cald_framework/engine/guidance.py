@@ -113,6 +113,7 @@ class GuidanceSetup:
     teachers: AvailableTeachers = AvailableTeachers()
 
     def build(self, context: TrainerContext) -> GuidanceSchedule:
+        """The plugin's schedule, refused with the mode's name when it is not a GuidanceSchedule."""
         schedule = self.plugin.build(self.options, context)
         if not isinstance(schedule, GuidanceSchedule):
             raise CaldError(

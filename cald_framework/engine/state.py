@@ -19,7 +19,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..contracts import GuidanceSchedule
-from .checkpoints import checkpoint_name, latest_checkpoint, open_checkpoint, prune, save_checkpoint
+from ..layout import step_name
+from .checkpoints import latest_checkpoint, open_checkpoint, prune, save_checkpoint
 from .precision import Precision
 from .rng import capture_rng, restore_rng
 
@@ -70,7 +71,8 @@ class Checkpointer:
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
 
     def path(self, step: int) -> Path:
-        return self.directory / checkpoint_name(step)
+        """Where the checkpoint of ``step`` is (or would be) saved."""
+        return self.directory / step_name(step)
 
     def save(self, progress: Progress, *, keep_last: int, keep: Collection[Path] = ()) -> Path:
         """Checkpoint the current state (the main process writes; every process takes part).

@@ -60,6 +60,8 @@ class StepEnd:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a finished run hands to the pipeline: the trained student, its metrics and its files."""
+
     steps: int
     total_steps: int
     wall_seconds: float

@@ -15,7 +15,6 @@ from ..contracts import Waypoint
 from ..errors import CaldError, CheckpointError
 from ..layout import WAYPOINT_MANIFEST
 
-MANIFEST = WAYPOINT_MANIFEST
 _FORMAT = 1
 
 
@@ -32,7 +31,7 @@ def waypoint_steps(total_steps: int, count: int) -> list[int]:
 
 def write_manifest(directory: Path, total_steps: int, waypoints: list[Waypoint]) -> Path:
     """Write the manifest listing ``waypoints`` (paths inside ``directory``), atomically."""
-    path = directory / MANIFEST
+    path = directory / WAYPOINT_MANIFEST
     entries = {str(w.step): w.path.relative_to(directory).as_posix() for w in waypoints}
     write_json_atomic(path, {"format": _FORMAT, "total_steps": total_steps, "waypoints": entries})
     return path
@@ -52,7 +51,7 @@ def read_waypoints(location: Path) -> list[Waypoint]:
     Every entry must be a relative path that stays inside the manifest's directory, so a
     manifest cannot point a run at files elsewhere on the machine.
     """
-    path = location / MANIFEST if location.is_dir() else location
+    path = location / WAYPOINT_MANIFEST if location.is_dir() else location
     try:
         document = json.loads(path.read_text())
         if document.get("format") != _FORMAT:
