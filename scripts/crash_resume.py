@@ -48,6 +48,9 @@ ENVIRONMENT = {
 POLL_SECONDS = 0.001
 #: every third kill falls at a random time, the others the moment a checkpoint write is seen
 RANDOM_KILL_EVERY = 3
+#: the student's epochs (24 steps): enough checkpoint writes left for every kill even when a
+#: fast machine lets the watcher miss short-lived writes
+STUDENT_EPOCHS = 4
 
 
 @dataclass
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="cald-crash-") as temporary:
         workspace = args.workdir or Path(temporary)
-        build_review_workspace(workspace, {"guidance.mode": args.mode})
+        build_review_workspace(workspace, {"guidance.mode": args.mode, "training.epochs": STUDENT_EPOCHS})
         first_write = straight_run(workspace)
         print(f"uninterrupted run done (first checkpoint write after {first_write:.1f} s)")
         tally = crash_and_resume(workspace, args.kills, first_write, rng)
