@@ -132,7 +132,7 @@ def test_missing_programs_name_the_apt_line(tmp_path, monkeypatch):
     with pytest.raises(DataError) as caught:
         generate(tmp_path / "out", speakers=1, intents=1, per_intent=3)
     assert str(caught.value) == (
-        "speech_synth needs espeak-ng and sox on PATH: apt-get install -y espeak-ng sox"
+        "speech_commands needs espeak-ng and sox on PATH: apt-get install -y espeak-ng sox"
     )
 
 

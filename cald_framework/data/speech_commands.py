@@ -252,7 +252,7 @@ def require_tools() -> None:
     missing = [tool for tool in APT_PACKAGES if shutil.which(tool) is None]
     if missing:
         raise DataError(
-            f"speech_synth needs {' and '.join(missing)} on PATH: "
+            f"speech_commands needs {' and '.join(missing)} on PATH: "
             f"apt-get install -y {' '.join(APT_PACKAGES)}"
         )
 
