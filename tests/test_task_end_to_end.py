@@ -2,7 +2,8 @@
 
 A run fine-tunes the tiny teacher where its mode needs one, converts, trains, evaluates and
 exports. The exported student is then reloaded: evaluated again on the same data it must give
-the metrics of ``results.json``, and two reloads give identical logits.
+the metrics of ``results.json``, and two reloads give identical logits; the student converted
+again from the run's teachers must give its ``initial_student_metrics``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from cald_testing.workspaces import build_ci_workspace
 from cald_framework import cli
 from cald_framework.engine.evaluation import evaluate_model
 from cald_framework.modeling import CaldModel
+from cald_framework.run.convert import convert_student
 from cald_framework.run.prepare import RunContext
+from cald_framework.run.teachers import resolve_teachers
 from cald_framework.spec import load_spec
 
 CI_SPECS = Path(__file__).resolve().parents[1] / "specs" / "ci"
@@ -75,6 +78,12 @@ def test_task_runs_end_to_end_and_its_export_reloads(
     assert student.config.mixer == mixer
     metrics = evaluate_model(student, task, data, validated.spec.training)
     assert metrics == pytest.approx(results["student_metrics"], rel=1e-6, abs=1e-9)
+
+    # the student as converted, before training: rebuilt from the run's own teachers
+    converted = convert_student(context, resolve_teachers(context, resume=False))
+    initial = evaluate_model(converted, task, data, validated.spec.training)
+    assert set(results["initial_student_metrics"]) == metric_names
+    assert initial == pytest.approx(results["initial_student_metrics"], rel=1e-6, abs=1e-9)
 
     batch = data.collate([data.eval[index] for index in range(min(3, len(data.eval)))])
     again = CaldModel.from_pretrained(run / "student")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..conversion import TransferReport, convert
+from ..engine.evaluation import evaluate_model
 from ..errors import CaldError
 from ..layout import TRANSFER_REPORT_FILE
 from ..modeling import CaldModel
@@ -43,3 +44,11 @@ def convert_student(context: RunContext, teachers: RunTeachers) -> CaldModel:
     if processes().is_main_process:
         transfer.save(context.output_dir / TRANSFER_REPORT_FILE)
     return student
+
+
+def evaluate_converted(context: RunContext, student: CaldModel) -> dict[str, float]:
+    """The student's metrics right after conversion, before any training: what conversion cost.
+
+    Run before the trainer seeds its random streams, so training is the same with or without it.
+    """
+    return evaluate_model(student, context.task, context.data, context.spec.training)

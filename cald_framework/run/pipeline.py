@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from ..spec import ValidatedSpec
-from .convert import convert_student
+from .convert import convert_student, evaluate_converted
 from .export import export_student
 from .prepare import prepare, processes
 from .report import RunResults, report_run
@@ -28,8 +28,10 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     context = prepare(validated)
     teachers = resolve_teachers(context, resume)
     student = convert_student(context, teachers)
+    main = processes().is_main_process
+    initial_metrics = evaluate_converted(context, student) if main else {}
     trained = train_student(context, teachers, student, resume=resume)
-    if not processes().is_main_process:
+    if not main:
         return None
     export_student(context, trained.model)
-    return report_run(context, teachers, trained, started)
+    return report_run(context, teachers, trained, initial_metrics, started)

@@ -41,6 +41,8 @@ class RunResults:
     higher_is_better: bool
     teacher_metrics: dict[str, float]
     student_metrics: dict[str, float]
+    #: the student's metrics right after conversion, before any training
+    initial_student_metrics: dict[str, float]
     teacher_parameters: int
     student_parameters: int
     steps: int
@@ -78,27 +80,32 @@ def _format_metric(value: float | None) -> str:
 
 def render_markdown(results: RunResults) -> str:
     """``report.md``: teacher and student side by side, for people reading the run."""
-    metrics = sorted(set(results.teacher_metrics) | set(results.student_metrics))
+    metrics = sorted(
+        set(results.teacher_metrics) | set(results.initial_student_metrics) | set(results.student_metrics)
+    )
     lines = [
         f"# {results.experiment}",
         "",
         f"{results.source} teacher -> {results.mixer} student, task `{results.task}`, "
         f"guidance `{results.mode}`, student initialised from the {results.student_init} weights.",
         "",
-        "| | teacher | student |",
-        "|---|---|---|",
+        "| | teacher | student after conversion | student |",
+        "|---|---|---|---|",
     ]
     for metric in metrics:
         lines.append(
             f"| {metric} | {_format_metric(results.teacher_metrics.get(metric))} "
+            f"| {_format_metric(results.initial_student_metrics.get(metric))} "
             f"| {_format_metric(results.student_metrics.get(metric))} |"
         )
-    lines.append(f"| parameters | {results.teacher_parameters:,} | {results.student_parameters:,} |")
+    lines.append(
+        f"| parameters | {results.teacher_parameters:,} | | {results.student_parameters:,} |"
+    )
     if results.speed is not None:
         speed = results.speed
         lines.append(
             f"| forward ms (batch {speed.batch_size} x {speed.length}) "
-            f"| {speed.teacher_ms:.1f} | {speed.student_ms:.1f} ({speed.speedup:.2f}x) |"
+            f"| {speed.teacher_ms:.1f} | | {speed.student_ms:.1f} ({speed.speedup:.2f}x) |"
         )
     lines += [
         "",
@@ -118,12 +125,17 @@ def write_results(results: RunResults, output_dir: Path) -> None:
 
 
 def report_run(
-    context: RunContext, teachers: RunTeachers, trained: TrainResult, started: float
+    context: RunContext,
+    teachers: RunTeachers,
+    trained: TrainResult,
+    initial_metrics: dict[str, float],
+    started: float,
 ) -> RunResults:
     """Compare the trained student with its reference teacher and write the results.
 
     The reference teacher is the target teacher, else the one trained alongside the student,
-    else the pretrained one; ``started`` is the ``time.perf_counter()`` of the run's start.
+    else the pretrained one; ``initial_metrics`` are the student's right after conversion;
+    ``started`` is the ``time.perf_counter()`` of the run's start.
     """
     validated = context.validated
     spec = validated.spec
@@ -147,6 +159,7 @@ def report_run(
         higher_is_better=context.task.higher_is_better,
         teacher_metrics=teacher_metrics,
         student_metrics=trained.metrics,
+        initial_student_metrics=initial_metrics,
         teacher_parameters=parameter_count(reference),
         student_parameters=parameter_count(student),
         steps=trained.steps,
