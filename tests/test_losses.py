@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cald_framework.contracts import ExtractedStates, LossWeights
-from cald_framework.engine.losses import combine, kd_loss, ld_loss, masked_mse
+from cald_framework.engine.losses import combine, kd_loss, ld_loss, ld_per_layer, masked_mse
 from cald_framework.errors import CaldError
 
 
@@ -79,6 +79,7 @@ def test_ld_combines_layers_by_reduction(reduction: str, expected: float) -> Non
     student = _states(first, second, mask=mask)
     teacher = _states(zeros, zeros, mask=mask)
     assert ld_loss(student, teacher, reduction).item() == pytest.approx(expected)  # type: ignore[arg-type]
+    assert ld_per_layer(student, teacher).tolist() == pytest.approx([2.5, 8.0])
 
 
 def test_ld_is_zero_for_equal_states_and_names_mismatches() -> None:

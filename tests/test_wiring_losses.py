@@ -112,6 +112,8 @@ def test_logged_kd_and_ld_follow_the_spec_on_a_padded_batch(
     ld = ld_by_hand(s_layers, t_layers, valid, reduction)
     assert logged["kd"] == pytest.approx(kd, rel=1e-6)
     assert logged["ld"] == pytest.approx(ld, rel=1e-6)
+    layers = [((s - t)[valid] ** 2).mean().item() for s, t in zip(s_layers, t_layers)]
+    assert logged["ld_layers"] == pytest.approx(layers, rel=1e-6)  # each layer's, not only their mean
 
     # the checks can tell: each way of getting it wrong gives another value
     swapped = kd_by_hand(teacher.logits, student.logits, None, TEMPERATURE, scale_t2)

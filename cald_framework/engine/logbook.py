@@ -115,10 +115,12 @@ class Logbook:
             logger.warning(message)
             self.record("warning", step, {"message": message})
 
-    def advance(self, postfix: dict[str, float] | None = None) -> None:
+    def advance(self, postfix: dict[str, Any] | None = None) -> None:
+        """One step on the progress bar, showing the numbers of ``postfix`` (lists are left out)."""
         if self.bar is not None:
             if postfix:
-                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+                numbers = {k: f"{v:.4g}" for k, v in postfix.items() if isinstance(v, float)}
+                self.bar.set_postfix(numbers, refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:
@@ -133,6 +135,8 @@ def _flatten(values: dict[str, Any], prefix: str) -> dict[str, Any]:
     for key, value in values.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, list):  # per-layer values: one series per layer
+            flat.update(_flatten(dict(enumerate(value)), f"{prefix}{key}/"))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

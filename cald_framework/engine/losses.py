@@ -84,10 +84,8 @@ def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor)
     return (squared * weights).sum() / count
 
 
-def ld_loss(
-    student: ExtractedStates, teacher: ExtractedStates, reduction: LdReduction
-) -> torch.Tensor:
-    """Per-layer :func:`masked_mse` on the student's valid positions, combined over layers."""
+def ld_per_layer(student: ExtractedStates, teacher: ExtractedStates) -> torch.Tensor:
+    """``[L]``: :func:`masked_mse` of each distilled layer on the student's valid positions."""
     if len(student.layers) != len(teacher.layers):
         raise CaldError(
             f"LD: the student gives {len(student.layers)} distilled layers and the teacher "
@@ -101,8 +99,19 @@ def ld_loss(
                 f"{tuple(t.shape)}"
             )
         per_layer.append(masked_mse(s, t, student.mask))
-    stacked = torch.stack(per_layer)
-    return stacked.sum() if reduction == "sum" else stacked.mean()
+    return torch.stack(per_layer)
+
+
+def reduce_layers(per_layer: torch.Tensor, reduction: LdReduction) -> torch.Tensor:
+    """The layer loss from its per-layer values: their sum or their mean."""
+    return per_layer.sum() if reduction == "sum" else per_layer.mean()
+
+
+def ld_loss(
+    student: ExtractedStates, teacher: ExtractedStates, reduction: LdReduction
+) -> torch.Tensor:
+    """Per-layer :func:`masked_mse` on the student's valid positions, combined over layers."""
+    return reduce_layers(ld_per_layer(student, teacher), reduction)
 
 
 def combine(terms: Mapping[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:

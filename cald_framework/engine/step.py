@@ -30,8 +30,12 @@ from ..contracts import (
 )
 from ..errors import CaldError
 from .batching import batch_rows, to_device
-from .losses import LossConfig, combine, kd_loss, ld_loss
+from .losses import LossConfig, combine, kd_loss, ld_per_layer, reduce_layers
 from .precision import Precision
+
+
+#: the name under which a step's losses, and ``metrics.jsonl``, give the layer loss of each layer
+LD_LAYERS = "ld_layers"
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class StepResult:
     lr: float
     #: ``False`` when the update was skipped (a loss or gradient norm was not finite)
     applied: bool
-    #: ``loss`` (weighted) and each computed term, means over the micro-batches, detached
+    #: ``loss`` (weighted) and each computed term, means over the micro-batches, detached;
+    #: with LD also :data:`LD_LAYERS`, the ``[L]`` layer loss of each distilled layer
     losses: dict[str, torch.Tensor]
     #: the gradient norm before clipping (``None`` without clipping)
     grad_norm: torch.Tensor | None
@@ -124,9 +129,11 @@ class StudentStep:
 
     def terms(
         self, output: CaldOutput, batch: Mapping[str, Any], targets: dict[str, Any], weights: LossWeights
-    ) -> dict[str, torch.Tensor]:
-        """The unweighted loss terms of one micro-batch: task, and KD / LD where targets exist."""
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The unweighted loss terms of one micro-batch (task, and KD / LD where targets exist),
+        and the ``[L]`` layer loss of each distilled layer (``None`` without LD)."""
         terms: dict[str, torch.Tensor] = {}
+        layers = None
         if weights.task > 0:
             terms["task"] = self.task.loss(output, batch)
         if "kd" in targets:
@@ -140,8 +147,9 @@ class StudentStep:
             )
         if "ld" in targets:
             assert self.extractor is not None
-            terms["ld"] = ld_loss(self.extractor(output), targets["ld"], self.loss.ld_reduction)
-        return terms
+            layers = ld_per_layer(self.extractor(output), targets["ld"])
+            terms["ld"] = reduce_layers(layers, self.loss.ld_reduction)
+        return terms, layers
 
     def accumulate(
         self, micro_batches: Sequence[Any], plan: StepPlan
@@ -162,11 +170,14 @@ class StudentStep:
                 targets = self.teacher_targets(plan, batch) if plan.uses_teacher else {}
                 with self.precision.autocast():
                     output = self.model(**batch["inputs"])
-                    terms = self.terms(output, batch, targets, plan.weights)
+                    terms, layers = self.terms(output, batch, targets, plan.weights)
                     loss = combine(terms, plan.weights)
                 self.precision.backward(loss / count)
             finite &= torch.isfinite(loss.detach())
-            for name, value in {"loss": loss, **terms}.items():
+            logged = {"loss": loss, **terms}
+            if layers is not None:
+                logged[LD_LAYERS] = layers
+            for name, value in logged.items():
                 means[name] = means.get(name, 0) + value.detach().float() / count
         return means, finite, rows
 

@@ -99,6 +99,11 @@ class _Window:
         self.steps += 1
 
 
+def _number(value: torch.Tensor) -> float | list[float]:
+    """A logged value as JSON takes it: a scalar as a number, per-layer values as a list."""
+    return value.tolist() if value.dim() else value.item()
+
+
 #: accelerate layouts that shard or wrap the model in ways this loop does not drive: it prepares
 #: only the student (never the optimizer) and runs its own backward, clipping and steps, so
 #: under these the student would train unsharded and unsynchronised, or not at all
@@ -303,7 +308,7 @@ class Trainer:
             norm = {} if result.grad_norm is None else {"grad_norm": result.grad_norm.float()}
             self.window.add({**result.losses, **norm})
         else:
-            losses = {name: float(value) for name, value in result.losses.items()}
+            losses = {name: _number(value) for name, value in result.losses.items()}
             self._skipped(log, step, {"epoch": epoch, "lr": result.lr, **losses})
         if step % self.training.log_every == 0 or step == self.total_steps:
             self._log_window(log, step, epoch, result.lr)
@@ -327,12 +332,16 @@ class Trainer:
     def _log_window(self, log: Logbook, step: int, epoch: float, lr: float) -> None:
         window = self.window
         names = sorted(window.sums)
-        values: dict[str, float] = {}
+        values: dict[str, float | list[float]] = {}
         if window.steps:
-            stacked = torch.stack([window.sums[name] / window.steps for name in names])
+            means = [window.sums[name] / window.steps for name in names]
+            flat = torch.cat([mean.reshape(-1) for mean in means])
             if self.world > 1:
-                stacked = self.accelerator.reduce(stacked, "mean")
-            values = dict(zip(names, stacked.tolist()))
+                flat = self.accelerator.reduce(flat, "mean")
+            parts = flat.split([mean.numel() for mean in means])
+            values = {
+                name: _number(part.view_as(mean)) for name, mean, part in zip(names, means, parts)
+            }
         elapsed = time.perf_counter() - window.started
         speed = window.rows / elapsed if elapsed > 0 else 0.0
         log.record("train", step, {"epoch": epoch, "lr": lr, **values, "samples_per_s": speed})
