@@ -6,7 +6,7 @@ fine-tuning run that the first command produces (and the others reuse from the t
 Rows whose ``results.json`` already exists are not run again (delete ``runs/quickstart*`` to
 start afresh). Wall times are of the training loops, evaluation included.
 
-    python scripts/quickstart_table.py [--spec specs/quickstart.toml] [--out runs/quickstart-table.md]
+    python -m scripts.quickstart_table [--spec specs/quickstart.toml] [--out runs/quickstart-table.md]
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from cald_framework.layout import DONE_FILE, METRICS_FILE, RESULTS_FILE
+from cald_framework.layout import DONE_FILE, METRICS_FILE
 
+from scripts import run_table
+from scripts.run_table import Row, final_metric
 
-@dataclass(frozen=True)
-class Row:
-    label: str
-    name: str
-    overrides: tuple[str, ...]
+#: the spec's own ``experiment.name``: its row runs the plain command
+SPEC_NAME = "quickstart"
 
 
 ROWS = (
@@ -50,20 +46,7 @@ ROWS = (
 
 
 def command(spec: str, row: Row) -> list[str]:
-    sets = [f"experiment.name={row.name}", *row.overrides] if row.name != "quickstart" else []
-    args = ["python", "-m", "cald_framework", "run", spec]
-    for assignment in sets:
-        args += ["--set", assignment]
-    return args
-
-
-def run_row(spec: str, row: Row) -> dict:
-    results_path = Path("runs") / row.name / RESULTS_FILE
-    if not results_path.exists():
-        args = command(spec, row)
-        print("$", shlex.join(args), flush=True)
-        subprocess.run([sys.executable, *args[1:]], check=True)
-    return json.loads(results_path.read_text())
+    return run_table.command(spec, row, SPEC_NAME)
 
 
 def teacher_seconds(results: dict) -> float:
@@ -72,13 +55,6 @@ def teacher_seconds(results: dict) -> float:
         return results["teacher_finetune_wall_seconds"]
     done = json.loads((Path(results["paths"]["teacher"]).parent / DONE_FILE).read_text())
     return done["wall_seconds"]
-
-
-def final_metric(metrics_path: Path, metric: str) -> float:
-    """The metric at the last evaluation (the results hold the best checkpoint's)."""
-    lines = metrics_path.read_text().splitlines()
-    evaluations = [event for event in map(json.loads, lines) if event["event"] == "eval"]
-    return evaluations[-1]["metrics"][metric]
 
 
 def render(spec: str, results: dict[Row, dict]) -> str:
@@ -107,7 +83,7 @@ def main() -> None:
     parser.add_argument("--spec", default="specs/quickstart.toml")
     parser.add_argument("--out", default="runs/quickstart-table.md")
     options = parser.parse_args()
-    results = {row: run_row(options.spec, row) for row in ROWS}
+    results = {row: run_table.run_row(options.spec, row, SPEC_NAME) for row in ROWS}
     table = render(options.spec, results)
     Path(options.out).write_text(table)
     print(table)
