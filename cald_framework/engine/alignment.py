@@ -124,9 +124,13 @@ class LayerErrors:
 
 
 def masked_errors(mixed: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor) -> LayerErrors:
-    """:class:`LayerErrors` of ``mixed`` against ``attention`` (``[B, T, D]``) where ``mask``."""
-    target = attention[mask].float()
-    return LayerErrors((mixed[mask].float() - target).pow(2).sum(), target.pow(2).sum())
+    """:class:`LayerErrors` of ``mixed`` against ``attention`` (``[B, T, D]``) where ``mask``.
+
+    Summed in at least float32, so half-precision outputs do not round the sums away.
+    """
+    dtype = torch.promote_types(attention.dtype, torch.float32)
+    target = attention[mask].to(dtype)
+    return LayerErrors((mixed[mask].to(dtype) - target).pow(2).sum(), target.pow(2).sum())
 
 
 def teacher_forced(
