@@ -13,6 +13,7 @@ A run directory (``experiment.output_dir``)::
     transfer_report.json    what conversion transferred, replaced and created
     student/                the exported student (``save_pretrained``)
     checkpoints/step-XXXXXXXX/   training checkpoints
+    alignment/step-XXXXXXXX/     checkpoints of the alignment before training (the mixers)
     trackers/               tensorboard / wandb logs
     teacher-cache/<key>/    fine-tuned teachers (unless ``experiment.teacher_cache`` moves it)
         DONE.json           written when the fine-tuning run is complete
@@ -31,6 +32,7 @@ METRICS_FILE = "metrics.jsonl"
 TRANSFER_REPORT_FILE = "transfer_report.json"
 STUDENT_DIR = "student"
 CHECKPOINTS_DIR = "checkpoints"
+ALIGNMENT_DIR = "alignment"
 TRACKERS_DIR = "trackers"
 
 TEACHER_CACHE_DIR = "teacher-cache"

@@ -118,9 +118,9 @@ CASES = {
     "option of another mode": (
         edit("alpha_ld = 1.0", "alpha_ld = 1.0\nT_w = 10"),
         [],
-        "spec.toml:24: guidance.T_w: unknown key 'T_w'; expected one of: alpha_kd, alpha_ld, "
-        "alpha_task, extractor, extractor_options, kd_scale_t2, ld_reduction, mode, "
-        "temperature (mode 'target')",
+        "spec.toml:24: guidance.T_w: unknown key 'T_w'; expected one of: align_lr, align_steps, "
+        "alpha_kd, alpha_ld, alpha_task, extractor, extractor_options, kd_scale_t2, "
+        "ld_reduction, mode, temperature (mode 'target')",
     ),
     "bad extractor option": (
         edit("alpha_ld = 1.0", "alpha_ld = 1.0\nextractor_options = { layers = 3 }"),

@@ -1,4 +1,4 @@
-"""The ``analyze drift``, ``analyze trajectory`` and ``bench`` subcommands of the CLI.
+"""The ``analyze drift``, ``analyze trajectory``, ``analyze layers`` and ``bench`` subcommands.
 
 :func:`add_analysis_commands` adds them to the main parser's subcommands. Their handlers take
 the parsed arguments and return the exit code, like the other commands of
@@ -49,7 +49,7 @@ def _command(
 
 
 def add_analysis_commands(subparsers: Any) -> None:
-    """Add ``analyze {drift,trajectory}`` and ``bench`` to the CLI's subcommands."""
+    """Add ``analyze {drift,trajectory,layers}`` and ``bench`` to the CLI's subcommands."""
     analyze = subparsers.add_parser(
         "analyze", help="analyse runs: hidden-state drift, trajectories",
         description="Analyse the checkpoints and waypoints of runs.",
@@ -70,6 +70,19 @@ def add_analysis_commands(subparsers: Any) -> None:
         "trajectory_command", out="analysis", samples=True,
     )
     trajectory_.add_argument("runs", nargs="+", metavar="RUN_DIR")
+
+    layers_ = _command(
+        kinds, "layers",
+        "each layer's conversion error after a short alignment, worst first, and the "
+        "keep_attention line that keeps the worst",
+        "layers_command", out="analysis", samples=True,
+    )
+    layers_.add_argument("spec", help="the spec whose student is measured")
+    layers_.add_argument("--keep", type=int, default=1, help="layers to keep (default: 1)")
+    layers_.add_argument(
+        "--steps", type=int,
+        help="alignment steps before measuring (default: guidance.align_steps, else 100)",
+    )
 
     bench = _command(
         subparsers, "bench",

@@ -1,4 +1,5 @@
-"""What ``analyze drift``, ``analyze trajectory`` and ``bench`` do with their parsed arguments.
+"""What ``analyze drift``, ``analyze trajectory``, ``analyze layers`` and ``bench`` do with
+their parsed arguments.
 
 Each handler returns the exit code and writes a CSV and a PNG into ``--out``, printing a
 short table. :mod:`.cli` imports this module only when a command runs, so that building the
@@ -20,6 +21,7 @@ from ..errors import CaldError
 from ..modeling import CaldModel
 from .bench import DEFAULT_LENGTHS, plot_scaling, scaling, side_by_side, summarise
 from .drift import drift, plot_drift
+from .layers import DEFAULT_STEPS, keep_line, rank_layers
 from .measure import positions, synthetic_inputs
 from .output import format_table, write_csv
 from .overhead import guidance_overhead
@@ -83,6 +85,27 @@ def trajectory_command(args: argparse.Namespace) -> int:
     csv = write_csv(out / "trajectory.csv", rows, ["run", "step", "x", "y"])
     png = plot_trajectory(rows, out / "trajectory.png")
     _report(rows, ["run", "step", "x", "y"], csv, png)
+    return 0
+
+
+# ---------------------------------------------------------------------- analyze layers
+
+
+def layers_command(args: argparse.Namespace) -> int:
+    path = Path(args.spec)
+    run = RunDirectory.open(path, _device(args.device), path)
+    configured = run.validated.spec.guidance.align_steps or DEFAULT_STEPS
+    steps = configured if args.steps is None else args.steps
+    if steps < 0 or args.keep < 0:
+        raise CaldError(f"--steps and --keep must be 0 or more, got {steps} and {args.keep}")
+    held_out = run.samples(args.samples, args.seed, args.batch_size)
+    rows = rank_layers(run.context, held_out, steps=steps, device=run.device)
+    if args.keep > len(rows):
+        raise CaldError(f"--keep {args.keep}: the student has only {len(rows)} converted layers")
+    csv = write_csv(Path(args.out) / "layers.csv", rows, ["rank", "layer", "residual"])
+    print(format_table(rows, ["rank", "layer", "residual"]))
+    print(f"wrote {csv}")
+    print(keep_line(rows, args.keep))
     return 0
 
 

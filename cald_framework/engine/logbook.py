@@ -1,8 +1,9 @@
 """Where a run reports: ``metrics.jsonl``, a progress bar and the trackers named in the spec.
 
 Only the main process writes. ``metrics.jsonl`` holds one JSON object per event (``train``,
-``eval``, ``nonfinite``, ``warning``), each with the ``step`` it belongs to; a resumed run first
-drops the events after its checkpoint, so the file reads as one uninterrupted run.
+``eval``, ``nonfinite``, ``warning``, and ``align`` from the alignment before training), each
+with the ``step`` it belongs to; a resumed run first drops the events after its checkpoint, so
+the file reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from accelerate import Accelerator
@@ -45,11 +47,25 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _drop_events_after(path: Path, step: int) -> None:
+#: events written by the stages before training (alignment): a training run started afresh
+#: keeps them, and the stage that writes them clears the file when it starts afresh itself
+PRELUDE_EVENTS = frozenset({"align"})
+
+
+def keep_events(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite ``metrics.jsonl`` at ``path`` with only the events for which ``keep`` is true."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    events = [line for line in path.read_text().splitlines() if line]
+    kept = [line for line in events if keep(json.loads(line))]
     path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def append_event(path: Path, event: str, step: int, values: dict[str, Any]) -> None:
+    """Append one event line to ``metrics.jsonl`` at ``path`` (non-finite floats as strings)."""
+    line = json.dumps(_json_ready({"event": event, "step": step, **values}))
+    with open(path, "a") as handle:
+        handle.write(line + "\n")
 
 
 class Logbook:
@@ -74,9 +90,9 @@ class Logbook:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         if resumed:
-            _drop_events_after(self.path, start_step)
+            keep_events(self.path, lambda event: event["step"] <= start_step)
         else:
-            self.path.unlink(missing_ok=True)
+            keep_events(self.path, lambda event: event["event"] in PRELUDE_EVENTS)
         if tracked:
             accelerator.init_trackers(output_dir.name)
         self.bar = tqdm(
@@ -91,9 +107,7 @@ class Logbook:
         """Append an event to ``metrics.jsonl`` and send its numbers to the trackers."""
         if not self.active:
             return
-        line = json.dumps(_json_ready({"event": event, "step": step, **values}))
-        with open(self.path, "a") as handle:
-            handle.write(line + "\n")
+        append_event(self.path, event, step, values)
         self._echo(event, step, values)
         if self.tracked:
             flat = _flatten(values, prefix=f"{event}/")

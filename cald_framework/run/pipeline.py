@@ -1,7 +1,8 @@
 """``run_pipeline``: the stages of a run in order, each a call to its own module.
 
 spec -> plugins resolve names -> task builds the data -> source loads the teacher -> (teacher
-fine-tuning, cached) -> mixer + source build the student -> guidance decides the teacher at each
+fine-tuning, cached) -> mixer + source build the student -> (its mixers aligned alone on the
+teacher's layer inputs) -> guidance decides the teacher at each
 step -> engine trains, evaluates, checkpoints -> export + report.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 
 from ..spec import ValidatedSpec
+from .align import align_student
 from .convert import convert_student, evaluate_converted
 from .export import export_student
 from .prepare import prepare, processes
@@ -30,8 +32,10 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     student = convert_student(context, teachers)
     main = processes().is_main_process
     initial_metrics = evaluate_converted(context, student) if main else {}
+    alignment = align_student(context, teachers, student, resume=resume)
     trained = train_student(context, teachers, student, resume=resume)
     if not main:
         return None
     export_student(context, trained.model)
-    return report_run(context, teachers, trained, initial_metrics, started)
+    aligned_metrics = None if alignment is None else alignment.metrics
+    return report_run(context, teachers, trained, initial_metrics, started, aligned_metrics)

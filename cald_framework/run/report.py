@@ -51,6 +51,8 @@ class RunResults:
     #: ``None`` when the target teacher came from the spec or from the cache
     teacher_finetune_wall_seconds: float | None = None
     speed: SpeedComparison | None = None
+    #: the student's metrics after the alignment before training; ``None`` without alignment
+    aligned_student_metrics: dict[str, float] | None = None
     paths: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -80,32 +82,35 @@ def _format_metric(value: float | None) -> str:
 
 def render_markdown(results: RunResults) -> str:
     """``report.md``: teacher and student side by side, for people reading the run."""
-    metrics = sorted(
-        set(results.teacher_metrics) | set(results.initial_student_metrics) | set(results.student_metrics)
-    )
+    columns = {
+        "teacher": results.teacher_metrics,
+        "student after conversion": results.initial_student_metrics,
+    }
+    if results.aligned_student_metrics is not None:
+        columns["student after alignment"] = results.aligned_student_metrics
+    columns["student"] = results.student_metrics
+    metrics = sorted(set().union(*columns.values()))
+    gap = "| " * (len(columns) - 2)
     lines = [
         f"# {results.experiment}",
         "",
         f"{results.source} teacher -> {results.mixer} student, task `{results.task}`, "
         f"guidance `{results.mode}`, student initialised from the {results.student_init} weights.",
         "",
-        "| | teacher | student after conversion | student |",
-        "|---|---|---|---|",
+        "| | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for metric in metrics:
-        lines.append(
-            f"| {metric} | {_format_metric(results.teacher_metrics.get(metric))} "
-            f"| {_format_metric(results.initial_student_metrics.get(metric))} "
-            f"| {_format_metric(results.student_metrics.get(metric))} |"
-        )
+        cells = " | ".join(_format_metric(values.get(metric)) for values in columns.values())
+        lines.append(f"| {metric} | {cells} |")
     lines.append(
-        f"| parameters | {results.teacher_parameters:,} | | {results.student_parameters:,} |"
+        f"| parameters | {results.teacher_parameters:,} {gap}| {results.student_parameters:,} |"
     )
     if results.speed is not None:
         speed = results.speed
         lines.append(
             f"| forward ms (batch {speed.batch_size} x {speed.length}) "
-            f"| {speed.teacher_ms:.1f} | | {speed.student_ms:.1f} ({speed.speedup:.2f}x) |"
+            f"| {speed.teacher_ms:.1f} {gap}| {speed.student_ms:.1f} ({speed.speedup:.2f}x) |"
         )
     lines += [
         "",
@@ -130,12 +135,14 @@ def report_run(
     trained: TrainResult,
     initial_metrics: dict[str, float],
     started: float,
+    aligned_metrics: dict[str, float] | None = None,
 ) -> RunResults:
     """Compare the trained student with its reference teacher and write the results.
 
     The reference teacher is the target teacher, else the one trained alongside the student,
     else the pretrained one; ``initial_metrics`` are the student's right after conversion;
-    ``started`` is the ``time.perf_counter()`` of the run's start.
+    ``started`` is the ``time.perf_counter()`` of the run's start; ``aligned_metrics`` are the
+    student's after alignment (``None`` when the run had none).
     """
     validated = context.validated
     spec = validated.spec
@@ -160,6 +167,7 @@ def report_run(
         teacher_metrics=teacher_metrics,
         student_metrics=trained.metrics,
         initial_student_metrics=initial_metrics,
+        aligned_student_metrics=aligned_metrics,
         teacher_parameters=parameter_count(reference),
         student_parameters=parameter_count(student),
         steps=trained.steps,

@@ -127,6 +127,11 @@ class GuidanceSection(Section):
     ld_reduction: Literal["mean", "sum"] = "mean"
     extractor: str = "hidden_states"
     extractor_options: dict[str, Any] = {}
+    #: steps of layer-local alignment before training: each mixer alone learns to reproduce
+    #: the attention it replaced, on the teacher's own layer inputs (0: none, as in the paper)
+    align_steps: int = Field(default=0, ge=0)
+    #: learning rate of the alignment, constant (default: ``training.lr``)
+    align_lr: float | None = Field(default=None, gt=0)
 
 
 class EvaluationSection(Section):
