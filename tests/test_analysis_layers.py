@@ -56,3 +56,15 @@ def test_keep_lists_the_worst_layers_in_order(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: --keep 3: the student has only 2 converted layers"
     )
+
+
+def test_set_overrides_the_spec_as_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(_workspace(tmp_path, 1))
+    args = ["analyze", "layers", "spec.toml", "--steps", "0", "--set", "student.mixer_options.k=0"]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: spec.toml (--set student.mixer_options.k): student.mixer_options.k: "
+        "Input should be greater than 0 (got 0) (mixer 'linformer')"
+    )

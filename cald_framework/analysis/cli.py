@@ -83,6 +83,10 @@ def add_analysis_commands(subparsers: Any) -> None:
         "--steps", type=int,
         help="alignment steps before measuring (default: guidance.align_steps, else 100)",
     )
+    layers_.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a spec value, as run --set does",
+    )
 
     bench = _command(
         subparsers, "bench",

@@ -25,6 +25,7 @@ from .layers import DEFAULT_STEPS, keep_line, rank_layers
 from .measure import positions, synthetic_inputs
 from .output import format_table, write_csv
 from .overhead import guidance_overhead
+from ..spec import load_spec
 from .runs import RunDirectory, checkpoint_dir, snapshots_at
 from .snapshots import Snapshot
 from .trajectory import plot_trajectory, trajectory
@@ -93,7 +94,7 @@ def trajectory_command(args: argparse.Namespace) -> int:
 
 def layers_command(args: argparse.Namespace) -> int:
     path = Path(args.spec)
-    run = RunDirectory.open(path, _device(args.device), path)
+    run = RunDirectory(load_spec(path, args.set), path.parent, _device(args.device))
     configured = run.validated.spec.guidance.align_steps or DEFAULT_STEPS
     steps = configured if args.steps is None else args.steps
     if steps < 0 or args.keep < 0:

@@ -18,19 +18,21 @@ from ..engine.alignment import AlignProgress, Aligner, alignment_batches, layer_
 from ..engine.batching import to_device
 from ..modeling import CaldModel
 from ..run.convert import build_student
-from ..run.prepare import RunContext, resolve_assets
+from ..run.prepare import RunContext
+from ..run.teachers import available_target_dir
 
 #: alignment steps before measuring when neither ``--steps`` nor ``guidance.align_steps`` says
 DEFAULT_STEPS = 100
 
 
 def ranking_teacher(context: RunContext) -> CaldModel:
-    """The spec's fine-tuned ``teacher.target`` when it names one, else the pretrained model.
+    """The fine-tuned teacher the spec's runs convert (``teacher.target``, or the teacher
+    cache's when a run has fine-tuned it), else the pretrained model.
 
     The ranking never fine-tunes a teacher: conversion error is a property of the attention,
     which fine-tuning changes little.
     """
-    target = resolve_assets(context.validated, context.spec.teacher.target)
+    target = available_target_dir(context)
     return CaldModel.from_pretrained(target) if target else context.source_model
 
 

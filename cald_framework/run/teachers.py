@@ -88,6 +88,19 @@ def finetuned_teacher(context: RunContext, resume: bool) -> tuple[FinetuneResult
     return result, result.wall_seconds
 
 
+def available_target_dir(context: RunContext) -> str | None:
+    """A fine-tuned teacher that exists without training one: the spec's ``teacher.target``,
+    else the teacher cache's finished run for this spec, else ``None``."""
+    given = resolve_assets(context.validated, context.spec.teacher.target)
+    if given:
+        return given
+    done = teacher_cache_dir(context) / DONE_FILE
+    if not done.is_file():
+        return None
+    cached = FinetuneResult.from_dict(json.loads(done.read_text()), done.parent)
+    return str(cached.target_dir)
+
+
 def resolve_teachers(context: RunContext, resume: bool) -> RunTeachers:
     """The teachers stage: the target and waypoints the spec gives, else fine-tuned (or cached)."""
     validated = context.validated
