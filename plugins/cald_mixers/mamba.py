@@ -34,13 +34,7 @@ from torch import Tensor, nn
 
 from cald_framework.contracts import AttentionProjections, MixerContext
 
-from .attention_init import (
-    attention_head_dim,
-    copy_output,
-    geometry,
-    start_convolution_as_identity,
-    teacher_weights,
-)
+from . import attention_init
 from .conv import CausalConvSiLU
 from .kernels import CudaKernels, cuda_kernels
 from .padding import zero_padding
@@ -106,8 +100,8 @@ class MambaMixer(nn.Module):
         super().__init__()
         d_model = ctx.d_model
         if options.init == "attention":
-            expand = geometry(options, "expand", 1, "d_inner = d_model", "mamba")
-            d_state = options.d_state or attention_head_dim(ctx, "mamba")
+            expand = attention_init.geometry(options, "expand", 1, "d_inner = d_model", "mamba")
+            d_state = options.d_state or attention_init.attention_head_dim(ctx, "mamba")
         else:
             expand, d_state = options.expand, options.d_state
         d_inner = expand * d_model
@@ -131,14 +125,14 @@ class MambaMixer(nn.Module):
     def _start_from_attention(self, projections: AttentionProjections, num_heads: int) -> None:
         """``x`` rows := value rows, ``B``/``C`` rows of ``x_proj`` := the shared-score map."""
         d_model = self.out_proj.out_features
-        value, key, query = teacher_weights(projections, d_model, "mamba")
+        value, key, query = attention_init.teacher_weights(projections, d_model, "mamba")
         self.in_proj.weight[:d_model].copy_(value)
         if self.in_proj.bias is not None:
             self.in_proj.bias[:d_model].zero_()
-        start_convolution_as_identity(self.conv1d, [projections.value], "mamba")
+        attention_init.start_convolution_as_identity(self.conv1d, [projections.value], "mamba")
         input_map, output_map = shared_score_maps(value, key, query, num_heads, self.d_state)
         self.x_proj.weight[self.dt_rank :].copy_(torch.cat([input_map, output_map]))
-        copy_output(self.out_proj, projections.output)
+        attention_init.copy_output(self.out_proj, projections.output)
 
     def _selective_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The token-dependent time step (before its bias), ``B`` and ``C``."""
