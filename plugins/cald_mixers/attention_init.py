@@ -13,6 +13,12 @@ b_q)``: the positive feature map of a linear attention. MambaInLlama leaves the 
 its random init, which mixes each of those features with its three predecessors through random
 weights and so blurs the query/key match the mapping sets up; training can still learn the
 local mixing from the identity start.
+
+How close a layer starts (``tests/test_mixer_attention_init.py``, tiny random teachers, the same
+shapes both ways): the per-layer relative error of the mixer output against the attention
+output is about 29 for Mamba2 on Llama against 220 at random init (the gated RMSNorm fixes the
+output scale, which small teacher values do not share), and about 1.03 for Mamba-1 on GPT-NeoX
+against 15 (its unnormalised scores are small, so it starts near zero output).
 """
 
 from __future__ import annotations
