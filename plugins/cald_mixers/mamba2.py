@@ -2,26 +2,46 @@
 
 ``in_proj`` yields the gate ``z``, the convolved branch ``x | B | C`` and one time step per
 head; the scan output is normalised after gating (``norm(y * silu(z))``, per group) before
-``out_proj``, as in Mamba2. The initialisation is Mamba2's own.
+``out_proj``, as in Mamba2. The initialisation is Mamba2's own under ``init = "random"``.
+
+Under ``init = "attention"`` the geometry follows the attention: ``expand = 1``, one group per
+attention head (``ngroups = num_heads``) and ``headdim = d_state = d_model / num_heads``. Then
+``in_proj``'s ``x``, ``B`` and ``C`` rows are the teacher's value, key and query rows and
+``out_proj`` is its output projection (see :mod:`.attention_init`), so head ``h`` computes
+
+    y_t = sum_(s<=t) (C_t . B_s) exp(A_h sum_(s<r<=t) dt_r) dt_s x_s + D_h x_t,
+
+with ``x, B, C = silu(V h + b_v), silu(K h + b_k), silu(Q h + b_q)``: a causal linear attention
+of head ``h`` with a learned decay and time step, gated and normalised per head before
+``out_proj``. Rotary embeddings and the softmax are what it does not reproduce.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from cald_framework.contracts import MixerContext
+from cald_framework.contracts import AttentionProjections, MixerContext
 from cald_framework.errors import SpecError
 
+from .attention_init import (
+    attention_head_dim,
+    copy_output,
+    geometry,
+    start_convolution_as_identity,
+    teacher_weights,
+)
 from .conv import CausalConvSiLU
 from .kernels import CudaKernels, cuda_kernels
 from .padding import zero_padding
 from .ssd import ssd_scan
 from .ssm_options import (
+    DERIVED,
     SsmOptions,
     at_least_float32,
     no_decay,
@@ -32,9 +52,24 @@ from .ssm_options import (
 class Mamba2Options(SsmOptions):
     """Options of the ``mamba2`` mixer (Mamba2's own defaults)."""
 
-    d_state: int = Field(128, gt=0, description="state size per head")
-    headdim: int = Field(64, gt=0, description="channels per head; must divide expand * d_model")
-    ngroups: int = Field(1, gt=0, description="groups sharing B and C; must divide the heads")
+    RANDOM_GEOMETRY: ClassVar[dict[str, int]] = {
+        "expand": 2, "d_state": 128, "headdim": 64, "ngroups": 1,
+    }
+
+    d_state: int | None = Field(
+        None, gt=0, description="state size per head; " + DERIVED.format(random=128)
+    )
+    headdim: int | None = Field(
+        None,
+        gt=0,
+        description="channels per head; must divide expand * d_model; "
+        + DERIVED.format(random=64),
+    )
+    ngroups: int | None = Field(
+        None,
+        gt=0,
+        description="groups sharing B and C; must divide the heads; " + DERIVED.format(random=1),
+    )
     chunk_size: int = Field(256, gt=0, description="chunk length of the SSD scan")
     A_init_range: tuple[float, float] = Field(
         (1.0, 16.0), description="range of the initial decay rates -A (uniform)"
@@ -73,39 +108,87 @@ class GatedRMSNorm(nn.Module):
         return normed.flatten(-2).to(dtype) * self.weight
 
 
-def _validated_shape(mixer: str, d_model: int, options: Mamba2Options) -> tuple[int, int]:
-    """``(d_inner, heads)``, refusing head and group counts that do not divide evenly."""
-    d_inner = options.expand * d_model
-    if d_inner % options.headdim:
-        raise SpecError(
-            f"{mixer}: headdim {options.headdim} must divide expand * d_model = "
-            f"{options.expand} * {d_model} = {d_inner}"
-        )
-    heads = d_inner // options.headdim
-    if heads % options.ngroups:
-        raise SpecError(
-            f"{mixer}: ngroups {options.ngroups} must divide the number of heads "
-            f"(expand * d_model / headdim = {heads})"
-        )
-    return d_inner, heads
+@dataclass(frozen=True)
+class Mamba2Geometry:
+    """The resolved shape of one Mamba2 block."""
+
+    d_inner: int
+    heads: int
+    headdim: int
+    d_state: int
+    ngroups: int
+
+    @classmethod
+    def of(cls, mixer: str, ctx: MixerContext, options: Mamba2Options) -> Mamba2Geometry:
+        """The options' shape, derived from the attention under attention init; refuses head
+        and group counts that do not divide evenly."""
+        if options.init == "attention":
+            head_dim = attention_head_dim(ctx, mixer)
+            why = f"d_model / num_heads = {ctx.d_model} / {ctx.num_heads}"
+            expand = geometry(options, "expand", 1, "d_inner = d_model", mixer)
+            headdim = geometry(options, "headdim", head_dim, why, mixer)
+            d_state = geometry(options, "d_state", head_dim, why, mixer)
+            ngroups = geometry(options, "ngroups", ctx.num_heads, "one group per head", mixer)
+        else:
+            expand, headdim = options.expand, options.headdim
+            d_state, ngroups = options.d_state, options.ngroups
+        d_inner = expand * ctx.d_model
+        if d_inner % headdim:
+            raise SpecError(
+                f"{mixer}: headdim {headdim} must divide expand * d_model = "
+                f"{expand} * {ctx.d_model} = {d_inner}"
+            )
+        heads = d_inner // headdim
+        if heads % ngroups:
+            raise SpecError(
+                f"{mixer}: ngroups {ngroups} must divide the number of heads "
+                f"(expand * d_model / headdim = {heads})"
+            )
+        return cls(d_inner, heads, headdim, d_state, ngroups)
 
 
 class Mamba2Mixer(nn.Module):
     """A Mamba2 block as a causal sequence mixer, with a recurrent step for generation."""
 
-    def __init__(self, options: Mamba2Options, ctx: MixerContext, name: str = "mamba2"):
+    def __init__(
+        self,
+        options: Mamba2Options,
+        ctx: MixerContext,
+        name: str = "mamba2",
+        output_scale: float = 1.0,
+    ):
+        """``output_scale`` multiplies the attention-derived output (BiMamba2 halves each
+        direction); it has no effect under random init."""
         super().__init__()
-        d_inner, heads = _validated_shape(name, ctx.d_model, options)
-        self.headdim, self.d_state, self.ngroups = options.headdim, options.d_state, options.ngroups
+        shape = Mamba2Geometry.of(name, ctx, options)
+        d_inner, heads = shape.d_inner, shape.heads
+        self.headdim, self.d_state, self.ngroups = shape.headdim, shape.d_state, shape.ngroups
         self.chunk_size = options.chunk_size
-        conv_width = d_inner + 2 * options.ngroups * options.d_state
+        conv_width = d_inner + 2 * shape.ngroups * shape.d_state
         self.in_proj = nn.Linear(ctx.d_model, d_inner + conv_width + heads, bias=options.bias)
         self.conv1d = CausalConvSiLU(conv_width, options.d_conv, bias=options.conv_bias)
         self.dt_bias = no_decay(time_step_bias(heads, options))
         self.A_log = no_decay(torch.empty(heads).uniform_(*options.A_init_range).log())
         self.D = no_decay(torch.ones(heads))
-        self.norm = GatedRMSNorm(d_inner, options.ngroups)
+        self.norm = GatedRMSNorm(d_inner, shape.ngroups)
         self.out_proj = nn.Linear(d_inner, ctx.d_model, bias=options.bias)
+        if options.init == "attention" and ctx.projections is not None:
+            with torch.no_grad():
+                self._start_from_attention(ctx.projections, name, output_scale)
+
+    def _start_from_attention(
+        self, projections: AttentionProjections, name: str, output_scale: float
+    ) -> None:
+        """``x | B | C`` rows := value | key | query rows, ``out_proj`` := output (module doc)."""
+        d_model = self.out_proj.out_features
+        rows = torch.cat(teacher_weights(projections, d_model, name))
+        self.in_proj.weight[d_model : 4 * d_model].copy_(rows)
+        if self.in_proj.bias is not None:
+            self.in_proj.bias[d_model : 4 * d_model].zero_()
+        teacher = [projections.value, projections.key, projections.query]
+        start_convolution_as_identity(self.conv1d, teacher, name)
+        copy_output(self.out_proj, projections.output)
+        self.norm.weight.fill_(output_scale)
 
     def _split(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``in_proj`` output -> gate ``z``, the convolution input ``x | B | C``, and ``dt``."""

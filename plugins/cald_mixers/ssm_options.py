@@ -3,24 +3,51 @@
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from cald_framework.contracts import PluginOptions
+from .initialisation import InitOptions
+
+#: how an unset geometry option reads in its description
+DERIVED = "unset: {random} with init = random, derived from the attention with init = attention"
 
 
-class SsmOptions(PluginOptions):
-    """What Mamba and Mamba2 have in common: the block shape and the time-step initialisation."""
+class SsmOptions(InitOptions):
+    """What Mamba and Mamba2 have in common: the block shape and the time-step initialisation.
+
+    Geometry options left unset (``None``) are derived: under ``init = "random"`` they take
+    the mixer's own defaults (:attr:`RANDOM_GEOMETRY`) as soon as the options are validated, so
+    random-init configs read exactly as before; under ``init = "attention"`` they stay unset
+    and the mixer derives them from the attention's widths (``MixerContext`` carries those even
+    when a saved config is rebuilt without projections).
+    """
+
+    #: the values unset geometry options take under ``init = "random"``
+    RANDOM_GEOMETRY: ClassVar[dict[str, int]] = {"expand": 2}
 
     d_conv: int = Field(4, gt=0, description="width of the causal depthwise convolution")
-    expand: int = Field(2, gt=0, description="inner width = expand * d_model")
+    expand: int | None = Field(
+        None,
+        gt=0,
+        description="inner width = expand * d_model; " + DERIVED.format(random=2),
+    )
     dt_min: float = Field(0.001, gt=0, description="smallest initial time step")
     dt_max: float = Field(0.1, gt=0, description="largest initial time step")
     dt_init_floor: float = Field(1e-4, gt=0, description="lower bound of the initial time steps")
     conv_bias: bool = Field(True, description="bias in the convolution")
     bias: bool = Field(False, description="bias in the input and output projections")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _random_geometry(cls, data: Any) -> Any:
+        """Fill unset geometry with the mixer's own defaults when it starts at random."""
+        if not isinstance(data, dict) or data.get("init", "random") != "random":
+            return data
+        unset = {key: value for key, value in cls.RANDOM_GEOMETRY.items() if data.get(key) is None}
+        return {**data, **unset}
 
     @model_validator(mode="after")
     def _time_steps_ordered(self) -> SsmOptions:
