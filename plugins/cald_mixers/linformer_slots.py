@@ -9,7 +9,8 @@ position fills.
 attention logit gets ``+ log c_j(n)`` and an empty slot (``c_j(n) = 0``) is masked out. With E the
 layout's 0/1 matrix (``init = "attention"``) each slot is the mean key/value of its positions
 and carries their softmax mass: exactly attention while ``n <= k``, a pooling of it beyond. E
-stays a free parameter; the counts depend on the lengths only.
+stays a free parameter; the counts depend on the lengths only. ``pooled`` is meant for that
+start: with a random N(0, 1) E its slots are sums rather than means, of far larger scale.
 """
 
 from __future__ import annotations
