@@ -113,6 +113,20 @@ def test_the_teachers_projections_are_copied_and_the_output_kept_only_where_it_w
     assert without.output is None
 
 
+@pytest.mark.parametrize("output", [True, False])
+def test_random_init_ignores_the_teacher_and_builds_fresh_layers_of_the_same_layout(output):
+    teacher = _teacher(8, output=output)
+    ctx = context(8, 2, projections=teacher, output_projection=output)
+    copied = RetentionMixer(RetentionOptions(), ctx)
+    fresh = RetentionMixer(RetentionOptions(init="random"), ctx)
+    assert {n: p.shape for n, p in fresh.named_parameters()} == {
+        n: p.shape for n, p in copied.named_parameters()
+    }
+    for role in ("query", "key", "value") + (("output",) if output else ()):
+        weight = getattr(fresh, role).weight
+        assert not torch.allclose(weight, getattr(teacher, role).weight.float()), role
+
+
 @pytest.mark.parametrize("output_projection", [True, False])
 def test_without_projections_the_output_is_built_where_the_slot_had_one(output_projection):
     mixer = RetentionMixer(RetentionOptions(), context(8, 2, output_projection=output_projection))
@@ -125,7 +139,9 @@ def test_rotary_needs_an_even_head_dim():
     RetentionMixer(RetentionOptions(rotary=False), context(6, 2))
 
 
-@pytest.mark.parametrize("options", [{"chunk_size": 0}, {"rotary_base": 1.0}, {"decay": 0.9}])
+@pytest.mark.parametrize(
+    "options", [{"chunk_size": 0}, {"rotary_base": 1.0}, {"decay": 0.9}, {"init": "source"}]
+)
 def test_bad_options_are_refused_by_name(options):
     [name] = options
     with pytest.raises(ValidationError, match=name):

@@ -38,3 +38,19 @@ def test_retention_converts_and_round_trips(
     student.save_pretrained(tmp_path / "student")
     again = CaldModel.from_pretrained(tmp_path / "student").double()
     torch.testing.assert_close(again(**inputs).logits, output.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("init", ["attention", "random"])
+def test_the_init_option_decides_whether_the_teachers_projections_are_taken(
+    init: str, make_teacher: Callable[..., CaldModel]
+) -> None:
+    from cald_retnet_mixer import RetentionMixer
+
+    teacher = make_teacher("llama")
+    retention = load_registries().mixers.get("retention")
+    student, _ = convert(teacher, retention, {"init": init}, max_length=40)
+    assert student.config.mixer_options["init"] == init
+    first = teacher.family.attention_slots(teacher.backbone)[0]
+    expected = teacher.family.projections(first).query.weight
+    mixer = next(module for module in student.modules() if isinstance(module, RetentionMixer))
+    assert torch.equal(mixer.query.weight, expected) == (init == "attention")

@@ -4,6 +4,11 @@ Follows the CALD paper's code: the projected keys are ``E[:n]ᵀ K[:n] / sqrt(n)
 with F), where ``n`` is each sample's valid length, so padding never enters the projection and
 the feature scale does not grow with the length. One E acts on the full hidden width, shared by
 all heads. With ``E = F = sqrt(n)·I`` and ``k = n`` this is exactly softmax attention.
+
+Beyond the paper, ``projection = "pooled"`` (see :mod:`.linformer_slots`) lets a fixed E
+reproduce attention: ``init = "attention"`` starts E and F as its pooling layout, so a converted
+layer equals the attention it replaces while each valid length fits in k and pools it beyond.
+The queries, keys, values and output are always the teacher's.
 """
 
 from __future__ import annotations
@@ -13,20 +18,22 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from cald_framework.contracts import MixerContext, PluginOptions
+from cald_framework.contracts import MixerContext
 from cald_framework.errors import DataError, SpecError
 
+from .initialisation import InitName, InitOptions
+from .linformer_slots import ProjectionName, pooling_layout, slot_bias, slot_divisor
 from .padding import valid_lengths, zero_padding
 
 #: the key in ``MixerContext.shared`` of the projection that ``share = "layer"`` uses everywhere
 SHARED_KEY = "linformer"
 
 
-class LinformerOptions(PluginOptions):
-    """Options of the ``linformer`` mixer."""
+class LinformerOptions(InitOptions):
+    """Options of the ``linformer`` mixer; ``init`` chooses how E and F start."""
 
     k: int = Field(256, gt=0, description="rank of the sequence projections E and F")
     share: Literal["none", "kv", "layer"] = Field(
@@ -34,14 +41,37 @@ class LinformerOptions(PluginOptions):
         description="none: E and F per layer; kv: E = F per layer; layer: one E = F for all layers",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention probabilities")
+    projection: ProjectionName = Field(
+        "paper",
+        description="paper: E[:n]ᵀK/sqrt(n) over all k slots; pooled: slot j averages the "
+        "positions i with i mod k = j, weighted by their count in the softmax, empty slots masked",
+    )
+
+    @model_validator(mode="after")
+    def _attention_init_needs_pooling(self) -> LinformerOptions:
+        if self.init == "attention" and self.projection != "pooled":
+            raise ValueError(
+                'init = "attention" needs projection = "pooled" (the paper\'s projection cannot '
+                "reproduce attention with a fixed E)"
+            )
+        return self
 
 
 class SequenceProjection(nn.Module):
-    """E (or F): maps the valid rows of ``[B, T, D]`` to ``[B, k, D]``, scaled by ``1/sqrt(n)``."""
+    """E (or F): maps the valid rows of ``[B, T, D]`` to ``[B, k, D]``, each slot scaled as
+    ``projection`` says (``1/sqrt(n)`` in the paper's)."""
 
-    def __init__(self, max_length: int, k: int):
+    def __init__(
+        self,
+        max_length: int,
+        k: int,
+        projection: ProjectionName = "paper",
+        init: InitName = "random",
+    ):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(max_length, k))
+        start = torch.randn(max_length, k) if init == "random" else pooling_layout(max_length, k)
+        self.weight = nn.Parameter(start)
+        self.projection = projection
 
     def forward(self, states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         time = states.shape[1]
@@ -50,9 +80,10 @@ class SequenceProjection(nn.Module):
             raise DataError(
                 f"linformer: sequence of length {time} is longer than max_length {max_length}"
             )
-        lengths = valid_lengths(padding_mask, states).to(states.dtype)
+        lengths = valid_lengths(padding_mask, states)
         projected = self.weight[:time].T @ zero_padding(states, padding_mask)
-        return projected / lengths.sqrt()[:, None, None]
+        k = self.weight.shape[1]
+        return projected / slot_divisor(self.projection, lengths, k, states.dtype)
 
 
 def _reused_linear(linear: nn.Linear | None, d_model: int, role: str, bias: bool) -> nn.Linear:
@@ -67,12 +98,16 @@ def _reused_linear(linear: nn.Linear | None, d_model: int, role: str, bias: bool
     return copy.deepcopy(linear)
 
 
-def _shared_projection(ctx: MixerContext, k: int) -> SequenceProjection:
+def _new_projection(options: LinformerOptions, ctx: MixerContext) -> SequenceProjection:
+    return SequenceProjection(ctx.max_length, options.k, options.projection, options.init)
+
+
+def _shared_projection(options: LinformerOptions, ctx: MixerContext) -> SequenceProjection:
     """The single projection of ``share = "layer"``: the first layer creates it, others reuse it."""
     if SHARED_KEY not in ctx.shared:
-        ctx.shared[SHARED_KEY] = SequenceProjection(ctx.max_length, k)
+        ctx.shared[SHARED_KEY] = _new_projection(options, ctx)
     projection = ctx.shared[SHARED_KEY]
-    expected = (ctx.max_length, k)
+    expected = (ctx.max_length, options.k)
     if tuple(projection.weight.shape) != expected:
         raise SpecError(
             f"linformer: the shared projection has shape {tuple(projection.weight.shape)}, "
@@ -97,6 +132,7 @@ class LinformerMixer(nn.Module):
             )
         self.num_heads = ctx.num_heads
         self.dropout = options.dropout
+        self.pooled = options.projection == "pooled"
         teacher = ctx.projections
         self.query = _reused_linear(
             teacher and teacher.query, ctx.d_model, "query", ctx.projection_bias
@@ -120,19 +156,28 @@ class LinformerMixer(nn.Module):
         places appears once in the state dict (under this layer, or under the model's shared dict).
         """
         if options.share == "layer":
-            shared = _shared_projection(ctx, options.k)
+            shared = _shared_projection(options, ctx)
             object.__setattr__(self, "key_projection", shared)
             object.__setattr__(self, "value_projection", shared)
             return
-        self.key_projection = SequenceProjection(ctx.max_length, options.k)
+        self.key_projection = _new_projection(options, ctx)
         if options.share == "kv":
             object.__setattr__(self, "value_projection", self.key_projection)
         else:
-            self.value_projection = SequenceProjection(ctx.max_length, options.k)
+            self.value_projection = _new_projection(options, ctx)
 
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         batch, time, width = states.shape
         return states.view(batch, time, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def _slot_bias(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The pooled formulation's log-count logits (``None`` in the paper's)."""
+        if not self.pooled:
+            return None
+        lengths = valid_lengths(padding_mask, hidden_states)
+        return slot_bias(lengths, self.key_projection.weight.shape[1], hidden_states.dtype)
 
     def forward(
         self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
@@ -143,6 +188,7 @@ class LinformerMixer(nn.Module):
             self._split_heads(self.query(hidden_states)),
             self._split_heads(keys),
             self._split_heads(values),
+            attn_mask=self._slot_bias(hidden_states, padding_mask),
             dropout_p=self.dropout if self.training else 0.0,
         )
         mixed = mixed.transpose(1, 2).flatten(2)

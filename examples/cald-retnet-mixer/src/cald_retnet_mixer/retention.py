@@ -4,8 +4,10 @@ Head ``h`` keeps a fixed decay ``γ_h = 1 - 2^(-5-h)``, so the heads cover sever
 The output at step ``n`` is ``Σ_(m<=n) γ^(n-m) (q_n · k_m) v_m``, normalised per head (group
 norm) and gated by ``swish(x W_G)``. Training uses the chunkwise form (quadratic only inside
 chunks, one state per chunk between them); generation uses the recurrent form with a state of
-``heads x head_dim x head_dim`` per sequence. Queries, keys, values and the output projection
-are the teacher's own, so the student starts from the attention it replaces.
+``heads x head_dim x head_dim`` per sequence. With ``init = "attention"`` (the default) the
+queries, keys, values and output projection are the teacher's own, taken from
+``MixerContext.projections``, so the student starts from the attention it replaces; with
+``init = "random"`` they are fresh layers of the same shapes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,11 @@ class RetentionOptions(PluginOptions):
     chunk_size: int = Field(64, gt=0, description="chunk length of the chunkwise training form")
     rotary: bool = Field(True, description="rotate queries and keys by position (RetNet's Θ)")
     rotary_base: float = Field(10000.0, gt=1, description="base of the rotation frequencies")
+    init: Literal["attention", "random"] = Field(
+        "attention",
+        description="attention: queries, keys, values and output copied from the replaced "
+        "attention; random: fresh projections",
+    )
 
 
 @dataclass
@@ -61,7 +69,7 @@ class RetentionMixer(nn.Module):
         if options.rotary and head_dim % 2:
             raise SpecError(f"retention: rotary needs an even head_dim, got {head_dim}")
         self.heads, self.chunk_size = heads, options.chunk_size
-        teacher = ctx.projections
+        teacher = ctx.projections if options.init == "attention" else None
         self.query = _copy_or_new(teacher and teacher.query, width, ctx.projection_bias)
         self.key = _copy_or_new(teacher and teacher.key, width, ctx.projection_bias)
         self.value = _copy_or_new(teacher and teacher.value, width, ctx.projection_bias)
