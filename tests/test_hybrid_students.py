@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from cald_testing.models import TINY_MODELS
 from cald_testing.workspaces import build_ci_workspace
 
 from cald_framework import cli
+from cald_framework.analysis.bench import scaling, side_by_side
 from cald_framework.conversion import convert
 from cald_framework.engine import tensorfiles
 from cald_framework.errors import CaldError
@@ -226,3 +228,27 @@ def test_kept_layers_beyond_the_teacher_stop_the_run_before_training(
         "error: student.keep_attention: layers [5] do not exist; the model has 2 layers (0..1)"
     ]
     assert not (root / "run" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------- the scaling benchmark
+
+
+def test_the_scaling_benchmark_times_hybrids_as_scenarios_of_their_own(make_teacher):
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scaling.py"))
+    teacher = make_teacher("gpt-neox").float()
+    students = script["hybrid_students"](teacher, "mamba", 40, (0, 1))
+    assert [model.config.kept_attention for model in students.values()] == [[], [0]]
+    models = {"teacher": teacher, **{f"student-{kept}": model for kept, model in students.items()}}
+    rows = scaling(models, [8, 16], repeats=1, scenario="tiny -> mamba")
+    split = script["per_student"](rows, "tiny -> mamba", (0, 1))
+    assert [(row["scenario"], row["model"], row["length"]) for row in split] == [
+        ("tiny -> mamba", "teacher", 8), ("tiny -> mamba", "student", 8),
+        ("tiny -> mamba", "teacher", 16), ("tiny -> mamba", "student", 16),
+        ("tiny -> mamba, 1 attention layer kept", "teacher", 8),
+        ("tiny -> mamba, 1 attention layer kept", "student", 8),
+        ("tiny -> mamba, 1 attention layer kept", "teacher", 16),
+        ("tiny -> mamba, 1 attention layer kept", "student", 16),
+    ]
+    hybrid = [row for row in rows if row["model"] == "student-1"]
+    assert [row["ms"] for row in split[5::2]] == [row["ms"] for row in hybrid]
+    assert len(side_by_side(split)) == 4
