@@ -15,6 +15,7 @@ from cald_testing.models import TINY_MODELS
 from cald_testing.workspaces import build_ci_workspace
 
 from cald_framework import cli
+from cald_framework.analysis import commands
 from cald_framework.analysis.bench import scaling, side_by_side
 from cald_framework.conversion import convert
 from cald_framework.engine import tensorfiles
@@ -252,3 +253,20 @@ def test_the_scaling_benchmark_times_hybrids_as_scenarios_of_their_own(make_teac
     hybrid = [row for row in rows if row["model"] == "student-1"]
     assert [row["ms"] for row in split[5::2]] == [row["ms"] for row in hybrid]
     assert len(side_by_side(split)) == 4
+
+
+def test_the_bench_command_times_the_hybrid_of_a_spec_and_of_a_saved_student(
+    straight: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed = []
+    real = commands.scaling
+
+    def recording(models, *args, **kwargs):
+        timed.append(models["student"].config.kept_attention)
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(commands, "scaling", recording)
+    monkeypatch.chdir(straight.parent)
+    assert cli.main(["bench", "run/spec.toml", "run/student", "--lengths", "8,16", "--repeats", "1",
+                     "--overhead-steps", "0", "--out", "bench"]) == 0
+    assert timed == [[0], [0]]
