@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import runpy
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from cald_sources.wiring import MixerSlot
 from cald_testing.models import TINY_MODELS
-from cald_testing.workspaces import build_ci_workspace
+from cald_testing.workspaces import build_ci_workspace, build_review_workspace
 
 from cald_framework import cli
 from cald_framework.analysis import commands
@@ -270,3 +271,28 @@ def test_the_bench_command_times_the_hybrid_of_a_spec_and_of_a_saved_student(
     assert cli.main(["bench", "run/spec.toml", "run/student", "--lengths", "8,16", "--repeats", "1",
                      "--overhead-steps", "0", "--out", "bench"]) == 0
     assert timed == [[0], [0]]
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT review workspace whose spec keeps layer 1's attention, its teacher cached."""
+    root = tmp_path_factory.mktemp("hybrid-modes")
+    build_review_workspace(root, {
+        "student.keep_attention": [1], "training.max_steps": 2, "training.save_every": None,
+        "experiment.teacher_cache": "cache", "teacher.num_waypoints": 2,
+    })
+    return root
+
+
+@pytest.mark.parametrize("mode", ["unguided", "target", "trajectory", "waypoint", "hybrid"])
+def test_a_hybrid_trains_in_every_guidance_mode(reviews: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(reviews)
+    extra = ["--set", "guidance.T_h=0.5"] if mode == "hybrid" else []
+    assert cli.main(["run", "spec.toml", "--set", f"guidance.mode={mode}",
+                     "--set", f"experiment.output_dir=run-{mode}", *extra]) == 0
+    run = reviews / f"run-{mode}"
+    assert json.loads((run / "results.json").read_text())["kept_attention"] == [1]
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [event for event in steps if event["event"] == "train"]
+    assert len(losses) == 2 and all(math.isfinite(event["loss"]) for event in losses)
+    assert CaldModel.from_pretrained(run / "student").config.kept_attention == [1]
