@@ -10,13 +10,16 @@ The three built-in conversions, each student made with its mixer's default optio
   1 to 60 s of 16 kHz audio.
 
 Random weights take the same time as trained ones, so no checkpoint is downloaded for the last
-two. Each point is the median of ``--repeats`` forwards (batch 1) after a warm-up, in wall time,
+two. ``--keep-attention 0,1,2`` (the default) times one student per number of layers that keep
+the teacher's attention (hybrid students; the first layers are kept, as speed does not depend on
+which), each as its own scenario beside the same teacher measurements. Each point is the median of ``--repeats`` forwards (batch 1) after a warm-up, in wall time,
 or with ``--clock cpu`` in CPU time of a single torch thread (steadier when other jobs share
 the machine); peak memory is what a forward allocates beyond the weights. A second table gives the training-step time of
 each guidance mode over unguided training (batch 8 x 128 tokens, or 4 x 4 s of audio).
 
     python benchmarks/bench_scaling.py --out docs/figures
     python benchmarks/bench_scaling.py --scenarios wav2vec2 --audio-lengths 60,120 --overhead-steps 0
+    python benchmarks/bench_scaling.py --scenarios pythia --keep-attention 0 --text-lengths 512,2048
 """
 
 from __future__ import annotations
@@ -156,6 +159,37 @@ def guidance_steps(
     return [{"scenario": name, **row} for row in rows]
 
 
+def hybrid_students(
+    teacher: CaldModel, mixer: str, max_length: int, kept_counts: tuple[int, ...]
+) -> dict[int, CaldModel]:
+    """One student per number of kept attention layers (the first ones), in eval mode."""
+    plugin = load_registries().mixers.get(mixer)
+    return {
+        kept: convert(teacher, plugin, {}, max_length, keep_attention=list(range(kept)))[0].eval()
+        for kept in kept_counts
+    }
+
+
+def scenario_name(base: str, kept: int) -> str:
+    """``base``, with the number of kept attention layers for a hybrid student."""
+    if kept == 0:
+        return base
+    return f"{base}, {kept} attention layer{'s' if kept > 1 else ''} kept"
+
+
+def per_student(rows: list[dict[str, Any]], base: str, kept_counts: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The rows of one scaling run over ``teacher`` and ``student-<kept>`` models, as one
+    teacher-and-``student`` scenario per student (the teacher's rows repeated in each)."""
+    split = []
+    for kept in kept_counts:
+        mine = [row for row in rows if row["model"] in ("teacher", f"student-{kept}")]
+        split += [
+            {**row, "scenario": scenario_name(base, kept), "model": row["model"].split("-")[0]}
+            for row in mine
+        ]
+    return split
+
+
 def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     scenario = SCENARIOS[name]
     torch.manual_seed(0)
@@ -164,16 +198,19 @@ def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
     longest = positions(teacher, synthetic_inputs(teacher, max(lengths), 1))
     if teacher.family.extend_positions(teacher.backbone, longest):
         print(f"{name}: teacher position table extended to {longest} with random rows")
-    student, _ = convert(teacher, load_registries().mixers.get(scenario.mixer), {}, longest)
-    student.eval()
+    students = hybrid_students(teacher, scenario.mixer, longest, args.keep_attention)
+    base = f"{name} -> {scenario.mixer}"
     rows = scaling(
-        {"teacher": teacher, "student": student}, lengths, repeats=args.repeats,
-        max_seconds=args.max_seconds, scenario=f"{name} -> {scenario.mixer}", clock=args.clock,
+        {"teacher": teacher, **{f"student-{kept}": model for kept, model in students.items()}},
+        lengths, repeats=args.repeats, max_seconds=args.max_seconds, scenario=base,
+        clock=args.clock,
     )
+    rows = per_student(rows, base, args.keep_attention)
     if not args.overhead_steps:
         return rows, []
     return rows, guidance_steps(
-        name, teacher, student, scenario.step_batch, steps=args.overhead_steps, clock=args.clock
+        name, teacher, students[args.keep_attention[0]], scenario.step_batch,
+        steps=args.overhead_steps, clock=args.clock,
     )
 
 
@@ -210,7 +247,13 @@ def main() -> None:
     )
     parser.add_argument("--text-lengths", help="comma-separated token counts (default: 128 to 8192)")
     parser.add_argument("--audio-lengths", help="comma-separated seconds of audio (default: 1 to 60)")
+    parser.add_argument(
+        "--keep-attention", default="0,1,2",
+        help="comma-separated numbers of layers that keep attention, one student each; the "
+        "guidance-step table uses the first",
+    )
     args = parser.parse_args()
+    args.keep_attention = _numbers(args.keep_attention, int)
     args.lengths = {
         "text": _numbers(args.text_lengths, int),
         "audio": _numbers(args.audio_lengths, float),

@@ -1,7 +1,7 @@
 """Teacher -> student conversion: attention out, mixers in, every other weight transferred.
 
-:func:`convert` deep-copies a model, asks the mixer plugin for one mixer per attention slot
-(built from that attention's projections) and returns the student with a
+:func:`convert` deep-copies a model, asks the mixer plugin for one mixer per converted attention
+slot (built from that attention's projections; slots in ``keep_attention`` keep theirs) and returns the student with a
 :class:`TransferReport` that accounts for every tensor: copied unchanged, dropped with the
 attention it belonged to, or new in a mixer (noting those equal to a dropped attention
 tensor). Copied tensors are checked equal to the original, and tensors outside the attention
@@ -12,7 +12,7 @@ here rather than silently during training.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ class TransferReport:
     unexpected_new: list[str] = field(default_factory=list)
     original_parameters: int = 0
     student_parameters: int = 0
+    #: layers whose attention was kept (copied like any other tensor), in a hybrid student
+    kept_attention: list[int] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Tensor counts per category and parameter counts of both models."""
@@ -81,13 +83,15 @@ def convert(
     max_length: int,
     *,
     init_from: CaldModel | None = None,
+    keep_attention: Sequence[int] = (),
 ) -> tuple[CaldModel, TransferReport]:
     """Convert ``teacher`` into a student whose attention is replaced by ``mixer_plugin``.
 
     ``init_from`` (the "source" initialisation of target-guided training) converts that model
     instead, so the student starts from its weights (mixers from its attention) while
     ``teacher`` stays the model it distils from; both must share family, widths and layers.
-    The original model is never modified.
+    Layers in ``keep_attention`` keep their attention (a hybrid student): its tensors count as
+    copied, so the report checks them unchanged. The original model is never modified.
     """
     original = teacher if init_from is None else _compatible(teacher, init_from)
     if original.config.mixer is not None:
@@ -96,8 +100,10 @@ def convert(
         )
     student = copy.deepcopy(original)
     student.config.max_sequence_length = max_length
-    slot_names = _slot_names(student)
-    student.install_mixers(mixer_plugin, options, with_projections=True)
+    slot_names = _slot_names(student, keep_attention)
+    student.install_mixers(
+        mixer_plugin, options, with_projections=True, keep_attention=keep_attention
+    )
     report = transfer_report(original, student, slot_names)
     report.initialised_from = (
         "teacher" if init_from is None else str(init_from.config.source_model or "init_from")
@@ -143,6 +149,7 @@ def transfer_report(
         unexpected_new=[name for name in new if not name.startswith(replaced + ("shared.",))],
         original_parameters=parameter_count(original),
         student_parameters=parameter_count(student),
+        kept_attention=list(student.config.kept_attention),
     )
 
 
@@ -182,11 +189,13 @@ def _is_constant(tensor: torch.Tensor) -> bool:
     return tensor.numel() < 2 or bool((tensor == tensor.flatten()[0]).all())
 
 
-def _slot_names(model: CaldModel) -> list[str]:
+def _slot_names(model: CaldModel, keep_attention: Sequence[int]) -> list[str]:
+    """Module names of the attention slots that conversion replaces (not the kept ones)."""
     names = {id(module): name for name, module in model.named_modules()}
     return [
         names[id(slot.module)]
         for slot in model.family.attention_slots(model.backbone)
+        if slot.layer_index not in keep_attention
     ]
 
 

@@ -7,7 +7,8 @@ whole backbone one position at a time. The prompt is stepped through token by to
 which needs nothing from a mixer beyond its :class:`~cald_framework.contracts.RecurrentMixer`
 step. ``generate(..., recurrent=False)`` re-runs the full sequence for every new token: it
 works for any causal model (teachers included) and is the reference the recurrent path must
-reproduce.
+reproduce. A hybrid student (``kept_attention``) has attention layers, whose state grows with
+the context, so it always generates by re-running the sequence: exact, but quadratic in time.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class RecurrentDecoder:
                 f"recurrent decoding needs a converted student; this {model.config.source!r} "
                 "model still has attention (use recurrent=False)"
             )
+        if model.config.kept_attention:
+            raise CaldError(
+                f"recurrent decoding needs every layer converted; this student kept attention in "
+                f"layers {model.config.kept_attention} (generate() re-runs the sequence for it)"
+            )
         slots = [slot.module for slot in model.family.attention_slots(model.backbone)]
         unsupported = {type(slot).__name__ for slot in slots if not isinstance(slot, RecurrentSlot)}
         if unsupported:
@@ -165,8 +171,9 @@ def generate(
 ) -> torch.Tensor:
     """The prompts ``input_ids`` ``[B, T]`` followed by up to ``max_new_tokens`` new tokens.
 
-    ``recurrent`` steps the student's mixers with a constant-size state; without it the whole
-    sequence is run again for every token (any causal model). A sequence that has produced
+    ``recurrent`` steps the student's mixers with a constant-size state; without it, or for a
+    hybrid student that kept attention layers, the whole sequence is run again for every token
+    (any causal model). A sequence that has produced
     ``eos_token_id`` is filled with it until every sequence has, then generation stops.
     """
     _check_prompt(input_ids, max_new_tokens)
@@ -184,7 +191,7 @@ def generate(
         sequences = torch.cat([sequences, token[:, None]], dim=1)
         return token
 
-    if not recurrent:
+    if not recurrent or model.config.kept_attention:
         for _ in range(max_new_tokens):
             extend(model(input_ids=sequences).logits[:, -1])
             if bool(finished.all()):

@@ -30,7 +30,7 @@ from .contracts import (
     PluginOptions,
     SourcePlugin,
 )
-from .errors import CheckpointError, PluginError
+from .errors import CaldError, CheckpointError, PluginError
 from .heads import build_head
 from .validation import validate_options
 
@@ -53,6 +53,7 @@ class CaldConfig(PretrainedConfig):
         max_sequence_length: int | None = None,
         task_metadata: dict[str, Any] | None = None,
         source_model: str | None = None,
+        kept_attention: list[int] | None = None,
         **kwargs: Any,
     ):
         #: registered name of the source family
@@ -71,6 +72,8 @@ class CaldConfig(PretrainedConfig):
         self.task_metadata = dict(task_metadata or {})
         #: where the pretrained weights came from (hub id or directory), for provenance
         self.source_model = source_model
+        #: layers whose attention a student kept (a hybrid); mixers replace only the others
+        self.kept_attention = sorted(kept_attention or [])
         super().__init__(**kwargs)
 
     @property
@@ -118,6 +121,24 @@ def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]
             handle.remove()
 
 
+def check_kept_layers(kept: Sequence[int], num_layers: int, where: str = "keep_attention") -> None:
+    """Refuse kept-attention indices that a model of ``num_layers`` layers cannot honour.
+
+    Keeping every layer would convert nothing, so at least one layer must get a mixer.
+    """
+    beyond = sorted(index for index in kept if not 0 <= index < num_layers)
+    if beyond:
+        raise CaldError(
+            f"{where}: layers {beyond} do not exist; the model has {num_layers} layers "
+            f"(0..{num_layers - 1})"
+        )
+    if len(set(kept)) >= num_layers:
+        raise CaldError(
+            f"{where}: keeps all {num_layers} layers, so nothing would be converted; "
+            "keep fewer layers"
+        )
+
+
 def mixer_options(plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any]) -> PluginOptions:
     """``options`` as the mixer's own option model (a mapping is validated against it, with the
     spec's wording: :class:`~cald_framework.validation.OptionsError`)."""
@@ -163,7 +184,12 @@ class CaldModel(PreTrainedModel):
         self.post_init()
         if config.mixer is not None:
             plugin = mixer or _registries().mixers.get(config.mixer)
-            self.install_mixers(plugin, config.mixer_options, with_projections=False)
+            self.install_mixers(
+                plugin,
+                config.mixer_options,
+                with_projections=False,
+                keep_attention=config.kept_attention,
+            )
 
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing to do: backbones initialise themselves, heads keep PyTorch's default init."""
@@ -223,11 +249,15 @@ class CaldModel(PreTrainedModel):
         options: PluginOptions | Mapping[str, Any],
         *,
         with_projections: bool,
+        keep_attention: Sequence[int] = (),
     ) -> None:
         """Replace every attention slot with a mixer from ``plugin`` and record it in the config.
 
         ``with_projections`` hands each mixer the projections of the attention it replaces (a
         conversion); without them the mixers are built bare, for weights loaded afterwards.
+        Layers in ``keep_attention`` keep their attention (a hybrid student); every mixer still
+        sees its own layer index and the model's full layer count, so per-layer options mean
+        the same as in a fully converted student.
         """
         if plugin.direction == "bidirectional" and self.family.causal:
             raise PluginError(
@@ -237,9 +267,10 @@ class CaldModel(PreTrainedModel):
         validated = mixer_options(plugin, options)
         d_model, num_heads = self.family.dimensions(self.backbone)
         slots = self.family.attention_slots(self.backbone)
+        check_kept_layers(keep_attention, len(slots))
         reference = next(self.backbone.parameters())
         with torch.no_grad():
-            for slot in slots:
+            for slot in (slot for slot in slots if slot.layer_index not in keep_attention):
                 projections = self.family.projections(slot)
                 context = MixerContext(
                     d_model=d_model,
@@ -259,6 +290,12 @@ class CaldModel(PreTrainedModel):
             self.shared.to(device=reference.device, dtype=reference.dtype)
         self.config.mixer = plugin.name
         self.config.mixer_options = validated.model_dump(mode="json")
+        self.config.kept_attention = sorted(keep_attention)
+
+    @property
+    def num_layers(self) -> int:
+        """How many layers the backbone has (attention slots, kept or replaced)."""
+        return len(self.family.layers(self.backbone))
 
     # ----------------------------------------------------------------- running
 

@@ -141,7 +141,10 @@ def _pair(target: Path, device: torch.device, lengths: str | None) -> tuple[Any,
         longest = positions(teacher, synthetic_inputs(teacher, max(chosen), 1))
         _extend(teacher, longest, "teacher")
         validated = run.validated
-        student, _ = convert(teacher, validated.mixer, validated.mixer_options, longest)
+        student, _ = convert(
+            teacher, validated.mixer, validated.mixer_options, longest,
+            keep_attention=validated.spec.student.keep_attention,
+        )
         return run.name, teacher, student, chosen, run
     if not target.is_dir():
         raise CaldError(f"{target}: no such spec file or model directory")

@@ -16,13 +16,19 @@ def build_student(
 ) -> tuple[CaldModel, TransferReport]:
     """The spec's student converted from ``teacher``, its new weights drawn from the spec's seed.
 
-    With no ``max_length`` (``None``) the mixers get 0: no limit on the sequence length.
+    With no ``max_length`` (``None``) the mixers get 0: no limit on the sequence length. The
+    layers in ``student.keep_attention`` keep their attention.
     """
     validated = context.validated
     max_length = 0 if context.max_length is None else context.max_length
     with seeded(context.spec.experiment.seed):
         return convert(
-            teacher, validated.mixer, validated.mixer_options, max_length, init_from=init_from
+            teacher,
+            validated.mixer,
+            validated.mixer_options,
+            max_length,
+            init_from=init_from,
+            keep_attention=context.spec.student.keep_attention,
         )
 
 

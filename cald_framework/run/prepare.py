@@ -25,7 +25,7 @@ from ..consistency import check_positions, check_vocabulary
 from ..contracts import Extractor, HeadSpec, PluginOptions, Task, TaskData
 from ..engine.losses import LossConfig
 from ..layout import SPEC_FILE
-from ..modeling import CaldModel
+from ..modeling import CaldModel, check_kept_layers
 from ..spec import Spec, ValidatedSpec
 from ..spec.toml_writer import dumps
 from ..validation import validate_options
@@ -128,6 +128,7 @@ class RunContext:
             )
         check_vocabulary(self.preprocessor, model, self.teacher_model)
         check_positions(model, self.max_length, self.teacher_model)
+        check_kept_layers(spec.student.keep_attention, model.num_layers, "student.keep_attention")
         return model
 
     @property

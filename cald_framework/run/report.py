@@ -50,6 +50,8 @@ class RunResults:
     total_wall_seconds: float
     #: ``None`` when the target teacher came from the spec or from the cache
     teacher_finetune_wall_seconds: float | None = None
+    #: layers where the student kept the teacher's attention (empty: every layer converted)
+    kept_attention: list[int] = field(default_factory=list)
     speed: SpeedComparison | None = None
     #: the student's metrics after the alignment before training; ``None`` without alignment
     aligned_student_metrics: dict[str, float] | None = None
@@ -80,6 +82,12 @@ def _format_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _kept_line(kept: list[int]) -> str:
+    if not kept:
+        return "Every attention layer was converted."
+    return f"Layers {', '.join(map(str, kept))} kept the teacher's attention (a hybrid student)."
+
+
 def render_markdown(results: RunResults) -> str:
     """``report.md``: teacher and student side by side, for people reading the run."""
     columns = {
@@ -96,6 +104,7 @@ def render_markdown(results: RunResults) -> str:
         "",
         f"{results.source} teacher -> {results.mixer} student, task `{results.task}`, "
         f"guidance `{results.mode}`, student initialised from the {results.student_init} weights.",
+        _kept_line(results.kept_attention),
         "",
         "| | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
@@ -174,6 +183,7 @@ def report_run(
         train_wall_seconds=trained.wall_seconds,
         total_wall_seconds=time.perf_counter() - started,
         teacher_finetune_wall_seconds=teachers.finetune_seconds,
+        kept_attention=list(student.config.kept_attention),
         speed=speed,
         paths={
             "student": str(output_dir / STUDENT_DIR),

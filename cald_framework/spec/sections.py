@@ -8,9 +8,9 @@ common ones by the guidance mode, and ``[guidance.extractor_options]`` by the ex
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..assets import AssetName, AssetSpec
 from ..contracts import Location, PrecisionName, ScheduleName, lacks_schedule_floor
@@ -100,6 +100,16 @@ class StudentSection(Section):
     init: Literal["source", "target"] | None = None
     #: longest sequence the student must handle (default: the task's ``max_length``)
     max_length: int | None = Field(default=None, gt=0)
+    #: layers (0-based) that keep the teacher's attention, transferred exactly: a hybrid student
+    keep_attention: list[Annotated[int, Field(ge=0)]] = []
+
+    @field_validator("keep_attention")
+    @classmethod
+    def _unique_layers(cls, layers: list[int]) -> list[int]:
+        repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+        if repeated:
+            raise ValueError(f"each layer may be kept once; repeated: {repeated}")
+        return sorted(layers)
 
 
 class TaskSection(Section):

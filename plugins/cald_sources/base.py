@@ -227,7 +227,9 @@ class TransformersFamily(SourceFamily):
             slot.attribute,
             MixerSlot(mixer, padding, self.attention_outputs(backbone)),
         )
-        backbone.config._attn_implementation = NO_ATTENTION
+        # attention masks are skipped only once no attention is left (a hybrid keeps some)
+        if all(isinstance(other.module, MixerSlot) for other in self.attention_slots(backbone)):
+            backbone.config._attn_implementation = NO_ATTENTION
 
 
 class CausalTextFamily(TransformersFamily):
