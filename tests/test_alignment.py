@@ -114,3 +114,18 @@ def test_negative_align_steps_is_one_line(toy_spec_dir: Path, capsys: pytest.Cap
         "error: spec.toml:24: guidance.align_steps: Input should be greater than or equal to 0 "
         "(got -1)\n"
     )
+
+
+def test_a_hybrid_student_aligns_only_its_converted_layers(make_inputs: Inputs) -> None:
+    source, config, head = TINY_MODELS["bert"]
+    torch.manual_seed(0)
+    teacher = CaldModel.from_source_config(source, config, head, max_length=40).double().eval()
+    plugin = load_registries().mixers.get("linformer")
+    student, _ = convert(teacher, plugin, {"k": 8}, max_length=40, keep_attention=[0])
+    pairs = layer_pairs(teacher, student)
+    assert [pair.layer_index for pair in pairs] == [1]
+    before = {name: value.clone() for name, value in student.state_dict().items()}
+    _align("bert", teacher, student, make_inputs, steps=3)
+    after = student.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".layer.1." in name and ".mixer." in name for name in changed), changed
