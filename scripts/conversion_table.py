@@ -2,9 +2,9 @@
 alignment, kept attention layers) carries through training, one run per row.
 
 Each row is one ``python -m cald_framework run SPEC --set ...`` command, run as printed; the
-table is built from the runs' ``results.json``. ``--table keep`` first asks
-``cald analyze layers`` which layers to keep, then compares them with as many layers drawn at
-random (seeded). Rows whose ``results.json`` already exists are read, not run again.
+table is built from the runs' ``results.json``. The ``keep-*`` tables first ask
+``cald analyze layers`` which layers convert worst, then compare keeping those as attention with
+keeping as many layers drawn at random (seeded). Rows whose ``results.json`` already exists are read, not run again.
 
     python -m scripts.conversion_table --table quickstart|lm|keep-quickstart|keep-lm
 """
@@ -12,7 +12,7 @@ random (seeded). Rows whose ``results.json`` already exists are read, not run ag
 from __future__ import annotations
 
 import argparse
-import json
+import csv
 import random
 import shlex
 import subprocess
@@ -50,7 +50,7 @@ def init_rows(modes: tuple[str, ...], attention: tuple[str, ...], align: str) ->
     return tuple(rows)
 
 
-QUICKSTART_ATTENTION = ("student.mixer_options.init=attention",)
+QUICKSTART_ATTENTION = ("student.mixer_options.init=attention", "student.mixer_options.projection=pooled")
 LM_ATTENTION = ("student.mixer_options.init=attention",)
 
 TABLES = {
@@ -75,28 +75,29 @@ KEEP_BASES = {
 }
 
 
-def ranked_layers(spec: str, overrides: tuple[str, ...], keep: int) -> list[int]:
-    """The ``keep`` layers that ``cald analyze layers`` ranks hardest to convert."""
-    args = [sys.executable, "-m", "cald_framework", "analyze", "layers", spec]
-    args += ["--keep", str(keep), "--json"]
+def ranking(spec: str, overrides: tuple[str, ...], out: str) -> list[int]:
+    """Every converted layer, hardest to convert first, as ``cald analyze layers`` ranks them."""
+    args = [sys.executable, "-m", "cald_framework", "analyze", "layers", spec, "--out", out]
     for assignment in overrides:
         args += ["--set", assignment]
     print("$", shlex.join(["python", *args[1:]]), flush=True)
-    output = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-    return json.loads(output)["keep_attention"]
+    subprocess.run(args, check=True)
+    with open(Path(out) / "layers.csv") as handle:
+        return [int(row["layer"]) for row in csv.DictReader(handle)]
 
 
-def keep_table(name: str, layers: int) -> Table:
+def keep_table(name: str) -> Table:
     """1 and 2 kept layers chosen by the ranking, against as many drawn at random (seed 0)."""
     spec, prefix, best = KEEP_BASES[name]
+    ranked = ranking(spec, best.overrides, f"runs/{name}-layers")
     draw = random.Random(0)
     rows = []
     for keep in (1, 2):
         for how, chosen in (
-            ("ranked", ranked_layers(spec, best.overrides, keep)),
-            ("random", sorted(draw.sample(range(layers), keep))),
+            ("ranked", sorted(ranked[:keep])),
+            ("random", sorted(draw.sample(ranked, keep))),
         ):
-            kept = f"student.keep_attention=[{', '.join(map(str, chosen))}]"
+            kept = f"student.keep_attention=[{','.join(map(str, chosen))}]"
             rows.append(
                 Row(
                     f"{best.label}, keep {chosen} ({how})",
@@ -141,13 +142,12 @@ def named(table: Table, row: Row) -> Row:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", choices=[*TABLES, *KEEP_BASES], required=True)
-    parser.add_argument("--layers", type=int, default=0, help="layer count (keep tables)")
     parser.add_argument("--out", default=None)
     options = parser.parse_args()
     if options.table in TABLES:
         table = TABLES[options.table]
     else:
-        table = keep_table(options.table, options.layers)
+        table = keep_table(options.table)
     results = {row: run_row(table.spec, named(table, row)) for row in table.rows}
     rendered = render(table, results)
     Path(options.out or f"runs/conversion-{options.table}.md").write_text(rendered)
