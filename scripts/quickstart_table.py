@@ -1,4 +1,5 @@
-"""The README's results table: every guidance mode of the quickstart spec, one run after another.
+"""The README's results table: every guidance mode of the quickstart spec under the paper's
+conversion (random mixer weights), one run after another.
 
 Each row is one ``python -m cald_framework run specs/quickstart.toml --set ...`` command, run as
 it is printed; the table is built from the runs' ``results.json``. The teacher row comes from the
@@ -18,35 +19,38 @@ from pathlib import Path
 
 from cald_framework.layout import DONE_FILE, METRICS_FILE
 
-from scripts import run_table
-from scripts.run_table import Row, final_metric
-
-#: the spec's own ``experiment.name``: its row runs the plain command
-SPEC_NAME = "quickstart"
+from scripts.run_table import Row, command, final_metric, run_row
 
 
-ROWS = (
-    Row("target-guided", "quickstart", ()),
-    Row("unguided", "quickstart-unguided", ("guidance.mode=unguided",)),
-    Row(
-        "unguided, source init (the paper's code)",
-        "quickstart-unguided-source-init",
-        ("guidance.mode=unguided", "student.init=source"),
-    ),
-    Row("target-guided, source init", "quickstart-target-source-init", ("student.init=source",)),
-    # the co-trained teacher takes the teacher fine-tuning's learning rate, as in the paper
-    Row(
-        "trajectory-guided",
-        "quickstart-trajectory",
-        ("guidance.mode=trajectory", "guidance.teacher_lr=5e-5"),
-    ),
-    Row("waypoint-guided", "quickstart-waypoint", ("guidance.mode=waypoint",)),
-    Row("hybrid (T_h = half the run)", "quickstart-hybrid", ("guidance.mode=hybrid", "guidance.T_h=0.5")),
+
+#: the table compares guidance modes under the paper's conversion: random mixer weights
+PAPER_INIT = "student.mixer_options.init=random"
+
+ROWS = tuple(
+    Row(label, name, (*overrides, PAPER_INIT))
+    for label, name, overrides in (
+        ("target-guided", "quickstart", ()),
+        ("unguided", "quickstart-unguided", ("guidance.mode=unguided",)),
+        (
+            "unguided, source init (the paper's code)",
+            "quickstart-unguided-source-init",
+            ("guidance.mode=unguided", "student.init=source"),
+        ),
+        ("target-guided, source init", "quickstart-target-source-init", ("student.init=source",)),
+        # the co-trained teacher takes the teacher fine-tuning's learning rate, as in the paper
+        (
+            "trajectory-guided",
+            "quickstart-trajectory",
+            ("guidance.mode=trajectory", "guidance.teacher_lr=5e-5"),
+        ),
+        ("waypoint-guided", "quickstart-waypoint", ("guidance.mode=waypoint",)),
+        (
+            "hybrid (T_h = half the run)",
+            "quickstart-hybrid",
+            ("guidance.mode=hybrid", "guidance.T_h=0.5"),
+        ),
+    )
 )
-
-
-def command(spec: str, row: Row) -> list[str]:
-    return run_table.command(spec, row, SPEC_NAME)
 
 
 def teacher_seconds(results: dict) -> float:
@@ -83,7 +87,7 @@ def main() -> None:
     parser.add_argument("--spec", default="specs/quickstart.toml")
     parser.add_argument("--out", default="runs/quickstart-table.md")
     options = parser.parse_args()
-    results = {row: run_table.run_row(options.spec, row, SPEC_NAME) for row in ROWS}
+    results = {row: run_row(options.spec, row) for row in ROWS}
     table = render(options.spec, results)
     Path(options.out).write_text(table)
     print(table)

@@ -24,22 +24,20 @@ class Row:
     overrides: tuple[str, ...] = ()
 
 
-def command(spec: str, row: Row, spec_name: str | None = None) -> list[str]:
-    """The exact ``python -m cald_framework run`` command of ``row``; a row named as the spec
-    names its experiment (``spec_name``), without overrides, is the plain command."""
-    plain = row.name == spec_name and not row.overrides
-    sets = [] if plain else [f"experiment.name={row.name}", *row.overrides]
+def command(spec: str, row: Row) -> list[str]:
+    """The exact ``python -m cald_framework run`` command of ``row``."""
+    sets = [f"experiment.name={row.name}", *row.overrides]
     args = ["python", "-m", "cald_framework", "run", spec]
     for assignment in sets:
         args += ["--set", assignment]
     return args
 
 
-def run_row(spec: str, row: Row, spec_name: str | None = None) -> dict:
+def run_row(spec: str, row: Row) -> dict:
     """The row's ``results.json``, after running its command if the run has none yet."""
     results_path = Path("runs") / row.name / RESULTS_FILE
     if not results_path.exists():
-        args = command(spec, row, spec_name)
+        args = command(spec, row)
         print("$", shlex.join(args), flush=True)
         subprocess.run([sys.executable, *args[1:]], check=True)
     return json.loads(results_path.read_text())

@@ -27,6 +27,8 @@ from cald_framework.validation import OptionsError
 
 [LINFORMER] = [plugin for plugin in MIXERS if plugin.name == "linformer"]
 ATTENTION = {"init": "attention", "projection": "pooled"}
+#: the paper's Linformer: random E and F, E[:n]ᵀK/sqrt(n)
+PAPER = {"init": "random"}
 
 
 def _teacher(width: int, output: bool = True, seed: int = 0) -> AttentionProjections:
@@ -97,7 +99,7 @@ def test_beyond_k_attention_init_stays_far_closer_to_the_teacher_than_random_ini
     hidden, mask = padded_batch([20, 14], 12, seed=3)
     expected = _per_sequence_attention(hidden, mask, teacher)
     errors = {}
-    for name, options in {"attention": ATTENTION, "random": {}}.items():
+    for name, options in {"attention": ATTENTION, "random": PAPER}.items():
         torch.manual_seed(0)
         mixed = _mixer(teacher, k=8, **options)(hidden, mask)
         errors[name] = _relative_error(mixed, expected)
@@ -124,7 +126,7 @@ def test_the_pooled_projections_train_and_empty_slots_get_no_gradient():
 def test_random_init_draws_exactly_what_it_drew_before_and_attention_init_draws_nothing():
     teacher = _teacher(12)
     torch.manual_seed(5)
-    random = _mixer(teacher, k=4)
+    random = _mixer(teacher, k=4, **PAPER)
     torch.manual_seed(5)
     assert torch.equal(random.key_projection.weight.float(), torch.randn(20, 4))
     assert torch.equal(random.value_projection.weight.float(), torch.randn(20, 4))
@@ -137,7 +139,7 @@ def test_random_init_draws_exactly_what_it_drew_before_and_attention_init_draws_
 
 def test_the_paper_projection_with_attention_init_is_refused_in_one_line():
     with pytest.raises(OptionsError) as caught:
-        mixer_options(LINFORMER, {"init": "attention"})
+        mixer_options(LINFORMER, {"init": "attention", "projection": "paper"})
     message = str(caught.value)
     assert '"attention" needs projection = "pooled"' in message and "(mixer 'linformer')" in message
     assert "\n" not in message
@@ -176,7 +178,7 @@ def test_a_converted_bert_beyond_k_starts_far_closer_than_random_init(
 ) -> None:
     inputs = make_inputs("bert")
     torch.manual_seed(0)
-    random = _output_error(_student(bert, 3), bert, inputs)
+    random = _output_error(_student(bert, 3, **PAPER), bert, inputs)
     attention = _output_error(_student(bert, 3, **ATTENTION), bert, inputs)
     assert attention < 0.1 * random, (attention, random)
 

@@ -1,4 +1,5 @@
-"""The linformer mixer: exactness against softmax attention, padding, sharing, and errors."""
+"""The linformer mixer in the paper's formulation (``init = "random"``): exactness against
+softmax attention, padding, sharing, and errors."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from cald_framework.contracts import AttentionProjections
 from cald_framework.errors import DataError, SpecError
 
 
+def paper_options(**values: object) -> LinformerOptions:
+    """The paper's Linformer options (random E and F, its projection) with ``values``."""
+    return LinformerOptions(init="random", **values)
+
+
 def _projections(width: int, output: bool, seed: int = 0) -> AttentionProjections:
     torch.manual_seed(seed)
     linears = [nn.Linear(width, width).double() for _ in range(4)]
@@ -31,7 +37,7 @@ def test_identity_projections_give_exactly_softmax_attention(output):
     time, width, heads = 7, 12, 3
     teacher = _projections(width, output)
     mixer = LinformerMixer(
-        LinformerOptions(k=time), context(width, heads, max_length=time, projections=teacher)
+        paper_options(k=time), context(width, heads, max_length=time, projections=teacher)
     ).double()
     with torch.no_grad():
         for projection in (mixer.key_projection, mixer.value_projection):
@@ -43,7 +49,7 @@ def test_identity_projections_give_exactly_softmax_attention(output):
 
 
 def test_the_projection_uses_only_valid_rows_scaled_by_their_count():
-    mixer = LinformerMixer(LinformerOptions(k=3), context(4, 1, max_length=6)).double()
+    mixer = LinformerMixer(paper_options(k=3), context(4, 1, max_length=6)).double()
     states, mask = padded_batch([6, 4], 4)
     projected = mixer.key_projection(states, mask)
     E = mixer.key_projection.weight
@@ -52,13 +58,13 @@ def test_the_projection_uses_only_valid_rows_scaled_by_their_count():
 
 
 def test_a_padded_batch_gives_each_sequence_its_own_output():
-    mixer = LinformerMixer(LinformerOptions(k=5), context(8, 2, max_length=9)).double()
+    mixer = LinformerMixer(paper_options(k=5), context(8, 2, max_length=9)).double()
     assert_padding_is_invisible(mixer, *padded_batch([9, 4, 1], 8))
 
 
 def test_the_teachers_projections_are_copied_not_shared():
     teacher = _projections(8, output=False)
-    mixer = LinformerMixer(LinformerOptions(k=4), context(8, 2, projections=teacher))
+    mixer = LinformerMixer(paper_options(k=4), context(8, 2, projections=teacher))
     assert mixer.output is None
     torch.testing.assert_close(mixer.query.weight, teacher.query.weight)
     assert mixer.query.weight is not teacher.query.weight
@@ -66,7 +72,7 @@ def test_the_teachers_projections_are_copied_not_shared():
 
 
 def test_without_projections_fresh_layers_of_the_same_shape_are_built():
-    mixer = LinformerMixer(LinformerOptions(k=4), context(8, 2))
+    mixer = LinformerMixer(paper_options(k=4), context(8, 2))
     shapes = {name: tuple(p.shape) for name, p in mixer.named_parameters()}
     assert shapes == {
         **{f"{role}.weight": (8, 8) for role in ("query", "key", "value", "output")},
@@ -77,20 +83,20 @@ def test_without_projections_fresh_layers_of_the_same_shape_are_built():
 
 
 def test_without_projections_no_output_is_built_where_the_slot_had_none():
-    mixer = LinformerMixer(LinformerOptions(k=4), context(8, 2, output_projection=False))
+    mixer = LinformerMixer(paper_options(k=4), context(8, 2, output_projection=False))
     assert mixer.output is None
 
 
 def test_sequence_projections_start_standard_normal():
     torch.manual_seed(0)
-    mixer = LinformerMixer(LinformerOptions(k=256), context(8, 2, max_length=512))
+    mixer = LinformerMixer(paper_options(k=256), context(8, 2, max_length=512))
     weight = mixer.key_projection.weight
     assert abs(weight.mean().item()) < 0.01
     assert abs(weight.std().item() - 1) < 0.01
 
 
 def test_share_kv_uses_one_matrix_for_keys_and_values_stored_once():
-    mixer = LinformerMixer(LinformerOptions(k=4, share="kv"), context(8, 2))
+    mixer = LinformerMixer(paper_options(k=4, share="kv"), context(8, 2))
     assert mixer.key_projection.weight is mixer.value_projection.weight
     names = list(mixer.state_dict())
     assert "key_projection.weight" in names
@@ -102,7 +108,7 @@ def test_share_layer_puts_one_projection_in_the_shared_dict_for_all_layers():
     model.shared = nn.ModuleDict()
     model.layers = nn.ModuleList(
         LinformerMixer(
-            LinformerOptions(k=4, share="layer"),
+            paper_options(k=4, share="layer"),
             context(8, 2, layer_index=index, num_layers=3, shared=model.shared),
         )
         for index in range(3)
@@ -122,33 +128,33 @@ def test_share_layer_puts_one_projection_in_the_shared_dict_for_all_layers():
 
 def test_share_layer_refuses_a_shared_projection_of_another_shape():
     shared = nn.ModuleDict()
-    LinformerMixer(LinformerOptions(k=4, share="layer"), context(8, 2, shared=shared))
+    LinformerMixer(paper_options(k=4, share="layer"), context(8, 2, shared=shared))
     with pytest.raises(SpecError, match=r"layer 1 needs \(16, 5\) \(max_length, k\)"):
         LinformerMixer(
-            LinformerOptions(k=5, share="layer"), context(8, 2, layer_index=1, shared=shared)
+            paper_options(k=5, share="layer"), context(8, 2, layer_index=1, shared=shared)
         )
 
 
 def test_a_sequence_longer_than_max_length_is_refused_by_name():
-    mixer = LinformerMixer(LinformerOptions(k=4), context(8, 2, max_length=5))
+    mixer = LinformerMixer(paper_options(k=4), context(8, 2, max_length=5))
     with pytest.raises(DataError, match="sequence of length 6 is longer than max_length 5"):
         mixer(torch.randn(1, 6, 8), None)
 
 
 def test_heads_must_divide_the_width():
     with pytest.raises(SpecError, match="num_heads 3 must divide d_model 8"):
-        LinformerMixer(LinformerOptions(), context(8, 3))
+        LinformerMixer(paper_options(), context(8, 3))
 
 
 def test_an_unknown_max_length_is_refused():
     with pytest.raises(SpecError, match="got max_length 0"):
-        LinformerMixer(LinformerOptions(), context(8, 2, max_length=0))
+        LinformerMixer(paper_options(), context(8, 2, max_length=0))
 
 
 def test_teacher_projections_of_another_width_are_refused():
     teacher = AttentionProjections(nn.Linear(8, 8), nn.Linear(8, 6), nn.Linear(8, 8))
     with pytest.raises(SpecError, match="key projection maps 8 -> 6 features, expected 8 -> 8"):
-        LinformerMixer(LinformerOptions(), context(8, 2, projections=teacher))
+        LinformerMixer(paper_options(), context(8, 2, projections=teacher))
 
 
 @pytest.mark.parametrize(
@@ -162,11 +168,11 @@ def test_teacher_projections_of_another_width_are_refused():
 )
 def test_bad_options_are_refused_by_name(options, field):
     with pytest.raises(ValidationError, match=field):
-        LinformerOptions(**options)
+        paper_options(**options)
 
 
 def test_dropout_acts_in_training_only():
-    mixer = LinformerMixer(LinformerOptions(k=4, dropout=0.5), context(8, 2)).double()
+    mixer = LinformerMixer(paper_options(k=4, dropout=0.5), context(8, 2)).double()
     hidden, _ = padded_batch([6], 8)
     mixer.eval()
     torch.testing.assert_close(mixer(hidden, None), mixer(hidden, None))

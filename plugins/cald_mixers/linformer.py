@@ -1,20 +1,21 @@
 """Linformer self-attention: keys and values are projected along the sequence to a fixed rank k.
 
-Follows the CALD paper's code: the projected keys are ``E[:n]ᵀ K[:n] / sqrt(n)`` (values alike
+With ``init = "random"`` this follows the CALD paper's code: the projected keys are ``E[:n]ᵀ K[:n] / sqrt(n)`` (values alike
 with F), where ``n`` is each sample's valid length, so padding never enters the projection and
 the feature scale does not grow with the length. One E acts on the full hidden width, shared by
 all heads. With ``E = F = sqrt(n)·I`` and ``k = n`` this is exactly softmax attention.
 
-Beyond the paper, ``projection = "pooled"`` (see :mod:`.linformer_slots`) lets a fixed E
-reproduce attention: ``init = "attention"`` starts E and F as its pooling layout, so a converted
-layer equals the attention it replaces while each valid length fits in k and pools it beyond.
-The queries, keys, values and output are always the teacher's.
+The default, ``init = "attention"``, uses ``projection = "pooled"`` (see :mod:`.linformer_slots`),
+with which a fixed E can reproduce attention: E and F start as its pooling layout, so a
+converted layer equals the attention it replaces while each valid length fits in k and pools it
+beyond. On the quickstart this starts the student at its teacher's accuracy (the paper's random
+E and F start it at chance). The queries, keys, values and output are always the teacher's.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +42,26 @@ class LinformerOptions(InitOptions):
         description="none: E and F per layer; kv: E = F per layer; layer: one E = F for all layers",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention probabilities")
-    projection: ProjectionName = Field(
-        "paper",
-        description="paper: E[:n]ᵀK/sqrt(n) over all k slots; pooled: slot j averages the "
-        "positions i with i mod k = j, weighted by their count in the softmax, empty slots masked",
+    init: InitName = Field(
+        "attention",
+        description="attention: E and F start as the pooled layout, so a converted layer equals "
+        "the attention it replaces while valid lengths fit in k; random: N(0, 1), the paper's",
     )
+    projection: ProjectionName | None = Field(
+        None,
+        description="paper: E[:n]ᵀK/sqrt(n) over all k slots; pooled: slot j averages the "
+        "positions i with i mod k = j, weighted by their count in the softmax, empty slots "
+        "masked; default: pooled with init = attention, paper with init = random",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _projection_of_init(cls, data: Any) -> Any:
+        """Fill an unset ``projection`` with the one ``init`` works with."""
+        if not isinstance(data, dict) or data.get("projection") is not None:
+            return data
+        pooled = data.get("init", "attention") == "attention"
+        return {**data, "projection": "pooled" if pooled else "paper"}
 
     @model_validator(mode="after")
     def _attention_init_needs_pooling(self) -> LinformerOptions:
