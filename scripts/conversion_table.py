@@ -33,7 +33,9 @@ class Table:
     rows: tuple[Row, ...]
 
 
-def init_rows(modes: tuple[str, ...], attention: tuple[str, ...], align: str) -> tuple[Row, ...]:
+def init_rows(
+    modes: tuple[str, ...], attention: tuple[str, ...], align: tuple[str, ...]
+) -> tuple[Row, ...]:
     """Random init, attention init, attention init + alignment, for each guidance mode."""
     rows = []
     for mode in modes:
@@ -44,7 +46,7 @@ def init_rows(modes: tuple[str, ...], attention: tuple[str, ...], align: str) ->
             Row(
                 f"attention init + alignment, {mode}",
                 f"{mode}-attention-aligned",
-                (*guided, *attention, align),
+                (*guided, *attention, *align),
             ),
         ]
     return tuple(rows)
@@ -58,13 +60,15 @@ TABLES = {
         "specs/quickstart.toml",
         "qs",
         (),
-        init_rows(("target", "waypoint"), QUICKSTART_ATTENTION, "guidance.align_steps=100"),
+        init_rows(("target", "waypoint"), QUICKSTART_ATTENTION, ("guidance.align_steps=100",)),
     ),
     "lm": Table(
         "specs/cpu/lm-smollm2-mamba.toml",
         "lm",
         (),
-        init_rows(("trajectory",), LM_ATTENTION, "guidance.align_steps=40"),
+        init_rows(
+            ("trajectory",), LM_ATTENTION, ("guidance.align_steps=40", "guidance.align_lr=1e-3")
+        ),
     ),
 }
 
