@@ -14,8 +14,10 @@ from cald_framework.engine import alignment, tensorfiles
 from cald_framework.errors import CaldError
 from cald_framework.layout import ALIGNMENT_DIR, step_name
 
-#: no teacher fine-tuning, four alignment steps with a checkpoint after each, then six training steps
+#: no teacher fine-tuning, four alignment steps with a checkpoint after each, then six training
+#: steps; random E and F, which alignment has something to learn for
 ALIGNED = {
+    "student.mixer_options.init": "random",
     "guidance.mode": "unguided",
     "student.init": "source",
     "guidance.align_steps": 4,
@@ -80,6 +82,7 @@ def test_results_report_the_student_after_alignment(finished: Path) -> None:
     assert set(aligned) == set(results["initial_student_metrics"]) == {"accuracy", "f1", "macro_f1"}
     last = [event for event in _events(finished) if event["event"] == "align"][-1]
     assert aligned == last["metrics"]
+    assert 0 < results["align_wall_seconds"] < results["total_wall_seconds"]
     report = (finished / "run" / "report.md").read_text()
     assert "| | teacher | student after conversion | student after alignment | student |" in report
     assert [path.name for path in (finished / "run" / ALIGNMENT_DIR).iterdir()] == [step_name(4)]
@@ -92,6 +95,7 @@ def test_no_alignment_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert calls == []
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["aligned_student_metrics"] is None
+    assert results["align_wall_seconds"] is None
     assert not any(event["event"] == "align" for event in _events(tmp_path))
     assert "after alignment" not in (tmp_path / "run" / "report.md").read_text()
 

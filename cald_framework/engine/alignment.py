@@ -18,6 +18,7 @@ alignment resumes bitwise, and a finished alignment is not redone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -244,6 +245,8 @@ class AlignmentResult:
     layers: list[int]
     final_errors: list[float]
     metrics: dict[str, float] = field(default_factory=dict)
+    #: the time this process spent aligning (a resumed run counts only its own part)
+    wall_seconds: float = 0.0
 
 
 @dataclass
@@ -327,6 +330,7 @@ def align(
     only puts its mixers back. ``evaluate`` gives the student's metrics after alignment, kept
     in the last checkpoint so that a resumed run reports them without evaluating again.
     """
+    started = time.perf_counter()
     training = run.training
     if run.main:
         remove_temporaries(run.checkpoints)
@@ -348,4 +352,7 @@ def align(
             meta = {"final_errors": errors, **extra}
         if last or (training.save_every is not None and progress.step % training.save_every == 0):
             run.save(progress, aligner, meta)
-    return AlignmentResult(run.steps, aligner.layers, errors, dict(meta.get("metrics", {})))
+    metrics = dict(meta.get("metrics", {}))
+    return AlignmentResult(
+        run.steps, aligner.layers, errors, metrics, time.perf_counter() - started
+    )

@@ -37,5 +37,4 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     if not main:
         return None
     export_student(context, trained.model)
-    aligned_metrics = None if alignment is None else alignment.metrics
-    return report_run(context, teachers, trained, initial_metrics, started, aligned_metrics)
+    return report_run(context, teachers, trained, initial_metrics, started, alignment)

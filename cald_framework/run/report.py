@@ -17,6 +17,7 @@ import transformers
 from .. import __version__
 from ..atomic import write_json_atomic, write_text_atomic
 from ..conversion import parameter_count
+from ..engine.alignment import AlignmentResult
 from ..engine.evaluation import evaluate_model
 from ..engine.trainer import TrainResult
 from ..layout import METRICS_FILE, REPORT_FILE, RESULTS_FILE, STUDENT_DIR, TRANSFER_REPORT_FILE
@@ -55,6 +56,8 @@ class RunResults:
     speed: SpeedComparison | None = None
     #: the student's metrics after the alignment before training; ``None`` without alignment
     aligned_student_metrics: dict[str, float] | None = None
+    #: the alignment stage's wall time; ``None`` without alignment
+    align_wall_seconds: float | None = None
     paths: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -144,14 +147,14 @@ def report_run(
     trained: TrainResult,
     initial_metrics: dict[str, float],
     started: float,
-    aligned_metrics: dict[str, float] | None = None,
+    alignment: AlignmentResult | None = None,
 ) -> RunResults:
     """Compare the trained student with its reference teacher and write the results.
 
     The reference teacher is the target teacher, else the one trained alongside the student,
     else the pretrained one; ``initial_metrics`` are the student's right after conversion;
-    ``started`` is the ``time.perf_counter()`` of the run's start; ``aligned_metrics`` are the
-    student's after alignment (``None`` when the run had none).
+    ``started`` is the ``time.perf_counter()`` of the run's start; ``alignment`` is what the
+    alignment stage did (``None`` when the run had none).
     """
     validated = context.validated
     spec = validated.spec
@@ -176,7 +179,8 @@ def report_run(
         teacher_metrics=teacher_metrics,
         student_metrics=trained.metrics,
         initial_student_metrics=initial_metrics,
-        aligned_student_metrics=aligned_metrics,
+        aligned_student_metrics=None if alignment is None else alignment.metrics,
+        align_wall_seconds=None if alignment is None else alignment.wall_seconds,
         teacher_parameters=parameter_count(reference),
         student_parameters=parameter_count(student),
         steps=trained.steps,
