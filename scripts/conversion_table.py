@@ -90,13 +90,13 @@ def ranking(spec: str, overrides: tuple[str, ...], out: str) -> list[int]:
         return [int(row["layer"]) for row in csv.DictReader(handle)]
 
 
-def keep_table(name: str) -> Table:
-    """1 and 2 kept layers chosen by the ranking, against as many drawn at random (seed 0)."""
+def keep_table(name: str, keeps: tuple[int, ...]) -> Table:
+    """Each count of kept layers chosen by the ranking, against as many drawn at random (seed 0)."""
     spec, prefix, best = KEEP_BASES[name]
     ranked = ranking(spec, best.overrides, f"runs/{name}-layers")
     draw = random.Random(0)
     rows = []
-    for keep in (1, 2):
+    for keep in keeps:
         for how, chosen in (
             ("ranked", sorted(ranked[:keep])),
             ("random", sorted(draw.sample(ranked, keep))),
@@ -146,12 +146,15 @@ def named(table: Table, row: Row) -> Row:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", choices=[*TABLES, *KEEP_BASES], required=True)
+    parser.add_argument(
+        "--keep", type=int, nargs="+", default=[1, 2], help="kept-layer counts (keep tables)"
+    )
     parser.add_argument("--out", default=None)
     options = parser.parse_args()
     if options.table in TABLES:
         table = TABLES[options.table]
     else:
-        table = keep_table(options.table)
+        table = keep_table(options.table, tuple(options.keep))
     results = {row: run_row(table.spec, named(table, row)) for row in table.rows}
     rendered = render(table, results)
     Path(options.out or f"runs/conversion-{options.table}.md").write_text(rendered)
