@@ -28,21 +28,24 @@ class Table:
     spec: str
     #: the prefix of every row's ``experiment.name``
     prefix: str
-    #: what every row sets (the measured configuration's fixed part)
-    base: tuple[str, ...]
     rows: tuple[Row, ...]
 
 
 def init_rows(
-    modes: tuple[str, ...], attention: tuple[str, ...], align: tuple[str, ...]
+    modes: tuple[str, ...],
+    attention: tuple[str, ...],
+    align: tuple[str, ...],
+    unaligned: tuple[str, ...] = (),
 ) -> tuple[Row, ...]:
-    """Random init, attention init, attention init + alignment, for each guidance mode."""
+    """Random init, attention init, attention init + alignment, for each guidance mode;
+    ``unaligned`` turns off an alignment the spec itself asks for."""
     rows = []
     for mode in modes:
         guided = (f"guidance.mode={mode}",)
+        random_init = ("student.mixer_options.init=random", *unaligned)
         rows += [
-            Row(f"random init, {mode}", f"{mode}-random", (*guided, "student.mixer_options.init=random")),
-            Row(f"attention init, {mode}", f"{mode}-attention", (*guided, *attention)),
+            Row(f"random init, {mode}", f"{mode}-random", (*guided, *random_init)),
+            Row(f"attention init, {mode}", f"{mode}-attention", (*guided, *attention, *unaligned)),
             Row(
                 f"attention init + alignment, {mode}",
                 f"{mode}-attention-aligned",
@@ -59,15 +62,16 @@ TABLES = {
     "quickstart": Table(
         "specs/quickstart.toml",
         "qs",
-        (),
         init_rows(("target", "waypoint"), QUICKSTART_ATTENTION, ("guidance.align_steps=100",)),
     ),
     "lm": Table(
         "specs/cpu/lm-smollm2-mamba.toml",
         "lm",
-        (),
         init_rows(
-            ("trajectory",), LM_ATTENTION, ("guidance.align_steps=40", "guidance.align_lr=1e-3")
+            ("trajectory",),
+            LM_ATTENTION,
+            ("guidance.align_steps=40", "guidance.align_lr=1e-3"),
+            unaligned=("guidance.align_steps=0",),
         ),
     ),
 }
@@ -109,7 +113,7 @@ def keep_table(name: str, keeps: tuple[int, ...]) -> Table:
                     (*best.overrides, kept),
                 )
             )
-    return Table(spec, prefix, (), (best, *rows))
+    return Table(spec, prefix, (best, *rows))
 
 
 def _cell(metrics: dict | None, metric: str) -> str:
@@ -139,8 +143,8 @@ def render(table: Table, results: dict[Row, dict]) -> str:
 
 
 def named(table: Table, row: Row) -> Row:
-    """``row`` with the table's prefix on its run name and the table's fixed overrides first."""
-    return Row(row.label, f"{table.prefix}-{row.name}", (*table.base, *row.overrides))
+    """``row`` with the table's prefix on its run name."""
+    return Row(row.label, f"{table.prefix}-{row.name}", row.overrides)
 
 
 def main() -> None:
