@@ -23,9 +23,10 @@ from cald_framework.plugin_manager import load_registries
 from cald_framework.spec.sections import TrainingSection
 from cald_framework.testing.toy_plugins import TOY_SPEC
 
-#: (case, mixer, options): a Linformer student of a BERT and a Mamba student of a GPT-NeoX
+#: (case, mixer, options): a Linformer student of a BERT and a Mamba student of a GPT-NeoX, both
+#: from random mixer weights, which alignment has something to learn for
 STUDENTS = [
-    ("bert", "linformer", {"k": 8}),
+    ("bert", "linformer", {"k": 8, "init": "random"}),
     ("gpt-neox", "mamba", {"d_state": 4}),
 ]
 

@@ -35,7 +35,9 @@ def test_the_hard_layer_ranks_first(
     hard: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(_workspace(tmp_path, hard))
-    assert cli.main(["analyze", "layers", "spec.toml", "--keep", "1", "--steps", "30"]) == 0
+    args = ["analyze", "layers", "spec.toml", "--keep", "1", "--steps", "30"]
+    # random E and F: attention-initialised layers would be exact on these short reviews
+    assert cli.main([*args, "--set", "student.mixer_options.init=random"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["rank", "layer", "residual"]
     assert lines[1].split()[:2] == ["1", str(hard)]
