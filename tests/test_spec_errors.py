@@ -49,6 +49,17 @@ CASES = {
         [],
         "spec.toml:26: training.lr: Input should be greater than 0 (got -1.0)",
     ),
+    "infinite number": (
+        edit("lr = 1e-4", "lr = inf"),
+        [],
+        "spec.toml:26: training.lr: Input should be a finite number (got inf)",
+    ),
+    "NaN given on the command line": (
+        TOY_SPEC,
+        ["training.max_grad_norm=nan"],
+        "spec.toml (--set training.max_grad_norm): training.max_grad_norm: Input should be a "
+        "finite number (got nan)",
+    ),
     "bad literal": (
         edit("batch_size = 4", 'batch_size = 4\nprecision = "fp8"'),
         [],

@@ -57,9 +57,10 @@ def lacks_schedule_floor(schedule: str, min_lr_ratio: float) -> bool:
 
 
 class PluginOptions(BaseModel):
-    """Base class for every plugin's option model: unknown keys are errors."""
+    """Base class for every plugin's option model: unknown keys are errors, and so are infinite
+    or NaN numbers (an option that means "no limit" says so with ``None``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoOptions(PluginOptions):

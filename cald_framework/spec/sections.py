@@ -17,9 +17,9 @@ from ..contracts import Location, PrecisionName, ScheduleName, lacks_schedule_fl
 
 
 class Section(BaseModel):
-    """A spec table: unknown keys are errors."""
+    """A spec table: unknown keys are errors, and so are infinite or NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ExperimentSection(Section):
