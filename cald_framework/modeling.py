@@ -87,15 +87,19 @@ def _registries() -> Any:
     return load_registries()
 
 
-def _keep_input(
-    states: dict[int, torch.Tensor], module: nn.Module, args: tuple, kwargs: dict
+def keep_input(
+    states: dict[int, torch.Tensor], index: int, module: nn.Module, args: tuple, kwargs: dict
 ) -> None:
-    states[0] = args[0] if args else kwargs["hidden_states"]
+    """A forward pre-hook (``with_kwargs=True``, ``states`` and ``index`` bound) that keeps the
+    module's hidden-state input, given by position or as ``hidden_states``."""
+    states[index] = args[0] if args else kwargs["hidden_states"]
 
 
-def _keep_output(
+def keep_output(
     states: dict[int, torch.Tensor], index: int, module: nn.Module, args: tuple, output: Any
 ) -> None:
+    """A forward hook (``states`` and ``index`` bound) that keeps the module's output, the first
+    element where the module returns a tuple."""
     states[index] = output[0] if isinstance(output, tuple) else output
 
 
@@ -108,10 +112,10 @@ def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]
     activation checkpointing records nothing.
     """
     states: dict[int, torch.Tensor] = {}
-    first = layers[0].register_forward_pre_hook(partial(_keep_input, states), with_kwargs=True)
+    first = layers[0].register_forward_pre_hook(partial(keep_input, states, 0), with_kwargs=True)
     handles = [first]
     handles += [
-        layer.register_forward_hook(partial(_keep_output, states, index))
+        layer.register_forward_hook(partial(keep_output, states, index))
         for index, layer in enumerate(layers, start=1)
     ]
     try:

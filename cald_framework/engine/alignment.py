@@ -32,7 +32,7 @@ from torch import nn
 from ..contracts import TaskData
 from ..errors import CaldError
 from ..layout import METRICS_FILE
-from ..modeling import CaldModel
+from ..modeling import CaldModel, keep_input, keep_output
 from ..spec.sections import TrainingSection
 from .batching import epoch_batches, make_loader, to_device
 from .checkpoints import latest_checkpoint, prune, remove_temporaries, save_checkpoint
@@ -71,19 +71,6 @@ def layer_pairs(teacher: CaldModel, student: CaldModel) -> list[LayerPair]:
     ]
 
 
-def _keep_input(
-    inputs: dict[int, torch.Tensor], index: int, module: nn.Module, args: tuple, kwargs: dict
-) -> None:
-    inputs[index] = args[0] if args else kwargs["hidden_states"]
-
-
-def _keep_output(
-    outputs: dict[int, torch.Tensor], index: int, module: nn.Module, args: tuple, kwargs: dict,
-    output: Any,
-) -> None:
-    outputs[index] = output[0] if isinstance(output, tuple) else output
-
-
 @contextmanager
 def _attention_io(
     pairs: Sequence[LayerPair],
@@ -96,13 +83,11 @@ def _attention_io(
         index = pair.layer_index
         handles.append(
             pair.attention.register_forward_pre_hook(
-                partial(_keep_input, inputs, index), with_kwargs=True
+                partial(keep_input, inputs, index), with_kwargs=True
             )
         )
         handles.append(
-            pair.attention.register_forward_hook(
-                partial(_keep_output, outputs, index), with_kwargs=True
-            )
+            pair.attention.register_forward_hook(partial(keep_output, outputs, index))
         )
     try:
         yield inputs, outputs
