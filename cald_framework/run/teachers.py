@@ -65,12 +65,21 @@ def teacher_cache_dir(context: RunContext) -> Path:
     return root / teacher_cache_key(context)
 
 
-def finetuned_teacher(context: RunContext, resume: bool) -> tuple[FinetuneResult, float | None]:
-    """The cached fine-tuning run, or a new one; returns it and its training time (``None`` if cached)."""
+def cached_finetune(context: RunContext) -> FinetuneResult | None:
+    """The teacher cache's finished fine-tuning run for this spec, or ``None``."""
     directory = teacher_cache_dir(context)
     done = directory / DONE_FILE
-    if done.is_file():
-        return FinetuneResult.from_dict(json.loads(done.read_text()), directory), None
+    if not done.is_file():
+        return None
+    return FinetuneResult.from_dict(json.loads(done.read_text()), directory)
+
+
+def finetuned_teacher(context: RunContext, resume: bool) -> tuple[FinetuneResult, float | None]:
+    """The cached fine-tuning run, or a new one; returns it and its training time (``None`` if cached)."""
+    cached = cached_finetune(context)
+    if cached is not None:
+        return cached, None
+    directory = teacher_cache_dir(context)
     spec = context.spec
     result = finetune_teacher(
         context.source_copy(),
@@ -84,7 +93,7 @@ def finetuned_teacher(context: RunContext, resume: bool) -> tuple[FinetuneResult
         resume=resume or directory.exists(),
     )
     if processes().is_main_process:
-        write_text_atomic(done, json.dumps(result.to_dict(directory), indent=2))
+        write_text_atomic(directory / DONE_FILE, json.dumps(result.to_dict(directory), indent=2))
     return result, result.wall_seconds
 
 
@@ -94,11 +103,8 @@ def available_target_dir(context: RunContext) -> str | None:
     given = resolve_assets(context.validated, context.spec.teacher.target)
     if given:
         return given
-    done = teacher_cache_dir(context) / DONE_FILE
-    if not done.is_file():
-        return None
-    cached = FinetuneResult.from_dict(json.loads(done.read_text()), done.parent)
-    return str(cached.target_dir)
+    cached = cached_finetune(context)
+    return None if cached is None else str(cached.target_dir)
 
 
 def resolve_teachers(context: RunContext, resume: bool) -> RunTeachers:
