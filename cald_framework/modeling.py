@@ -236,6 +236,7 @@ class CaldModel(PreTrainedModel):
         head: HeadSpec,
         *,
         max_length: int | None = None,
+        task_metadata: Mapping[str, Any] | None = None,
         source: SourcePlugin | None = None,
     ) -> CaldModel:
         """A randomly initialised teacher from a backbone config dict (tests, tiny models)."""
@@ -244,6 +245,7 @@ class CaldModel(PreTrainedModel):
             source_config=dict(source_config),
             head=dataclasses.asdict(head),
             max_sequence_length=max_length,
+            task_metadata=dict(task_metadata or {}),
         )
         return cls(config, source=source)
 

@@ -24,8 +24,7 @@ RUN_TABLE = SPECS / "paper" / "run_table.sh"
 
 #: files users make before running a spec (docs/specs.md says how)
 PREPARED = [
-    "data/speech-commands/manifest.csv",
-    "data/tiny-wav2vec2/config.json",
+    "specs/cpu/tiny-wav2vec2/config.json",
     "data/tedlium/manifest.csv",
     "data/slurp/manifest.csv",
     "data/voxceleb1/manifest.csv",
@@ -104,8 +103,8 @@ def test_a_spec_names_its_missing_local_data(
     path = SPECS / "cpu" / "speech-commands-bimamba2.toml"
     with pytest.raises(SpecError) as raised:
         validate(path)
-    missing = "teacher.model: no such file or directory: ./data/tiny-wav2vec2"
-    assert str(raised.value) == f"{path}:23: {missing}"
+    missing = "teacher.model: no such file or directory: ./specs/cpu/tiny-wav2vec2"
+    assert str(raised.value) == f"{path}:29: {missing}"
 
 
 def _run_table_commands() -> list[list[str]]:

@@ -19,12 +19,12 @@ from cald_framework.data.speech_commands import (
     SPLITS,
     VARIANTS,
     generate,
-    main,
     make_phrasings,
     make_speakers,
     plan,
     split_sizes,
 )
+from cald_framework.cli import main
 from cald_framework.errors import DataError
 
 needs_tools = pytest.mark.skipif(
@@ -137,8 +137,8 @@ def test_missing_programs_name_the_apt_line(tmp_path, monkeypatch):
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--intents", "0"]) == 2
-    assert capsys.readouterr().err == "error: --intents must be between 1 and 16, got 0\n"
+    assert main(["data", "speech-commands", "--out", str(tmp_path), "--intents", "17"]) == 2
+    assert capsys.readouterr().err == "error: --intents: Input should be less than or equal to 16\n"
 
 
 @needs_tools
@@ -146,8 +146,8 @@ def test_generate_writes_16k_wavs_and_a_deterministic_manifest(tmp_path):
     options = {"speakers": 2, "intents": 2, "per_intent": 3, "seed": 5}
     first, second = tmp_path / "a", tmp_path / "b"
     generate(first, **options, jobs=2)
-    assert main(["--out", str(second), "--speakers", "2", "--intents", "2",
-                 "--per-intent", "3", "--seed", "5", "--jobs", "1"]) == 0
+    assert main(["data", "speech-commands", "--out", str(second), "--speakers", "2",
+                 "--intents", "2", "--per-intent", "3", "--seed", "5"]) == 0
     rows = read_manifest(first)
     assert len(rows) == 2 * 2 * 3
     assert (first / MANIFEST).read_bytes() == (second / MANIFEST).read_bytes()

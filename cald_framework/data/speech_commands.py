@@ -12,26 +12,30 @@ that). Test transcripts are sentences the model never heard, though their templa
 Everything is derived from ``--seed``: the same seed gives the same manifest, and, with the same
 espeak-ng and sox versions, byte-identical audio (sox runs with ``-R`` and no dither).
 
-    python -m cald_framework.data.speech_commands --out DIR
-        [--speakers 6] [--intents 12] [--per-intent 4]
+    python -m cald_framework data speech-commands --out DIR
+        [--speakers 6] [--intents 12] [--per-intent 4] [--seed 0]
+
+or, in a spec, an asset ``{generate = "speech-commands", options = {...}}`` (see
+:mod:`cald_framework.data.generators`).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
+import os
 import random
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from string import Formatter
 
-from ..errors import CaldError, DataError
+from tqdm.auto import tqdm
+
+from ..errors import DataError
 
 SAMPLE_RATE = 16_000
 MANIFEST = "manifest.csv"
@@ -293,9 +297,13 @@ def generate(
     intents: int = 12,
     per_intent: int = 4,
     seed: int = 0,
-    jobs: int = 2,
+    jobs: int | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Write the WAV files and ``manifest.csv`` under ``out``; returns the manifest path."""
+    """Write the WAV files and ``manifest.csv`` under ``out``; returns the manifest path.
+
+    ``jobs`` parallel espeak-ng calls (default: one per CPU); ``progress`` shows a bar.
+    """
     if not 1 <= intents <= len(INTENTS):
         raise DataError(f"--intents must be between 1 and {len(INTENTS)}, got {intents}")
     voices = make_speakers(speakers, seed)
@@ -303,33 +311,10 @@ def generate(
     require_tools()
     by_name = {speaker.name: speaker for speaker in voices}
     out.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(lambda row: _speak(row, by_name[row.speaker], out, seed), rows))
+    workers = max(1, jobs if jobs is not None else os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        spoken = pool.map(lambda row: _speak(row, by_name[row.speaker], out, seed), rows)
+        bar = tqdm(spoken, total=len(rows), desc="speech-commands", unit="clip", disable=not progress)
+        for _ in bar:
+            pass
     return write_manifest(rows, out)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cald_framework.data.speech_commands", description=__doc__
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--speakers", type=int, default=6)
-    parser.add_argument("--intents", type=int, default=12, help=f"at most {len(INTENTS)}")
-    parser.add_argument("--per-intent", type=int, default=4, help="phrasings per intent")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=2, help="parallel espeak-ng calls")
-    args = parser.parse_args(argv)
-    try:
-        manifest = generate(
-            args.out, speakers=args.speakers, intents=args.intents,
-            per_intent=args.per_intent, seed=args.seed, jobs=args.jobs,
-        )
-    except CaldError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(manifest)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,7 @@ Preparing writes nothing; the pipeline records the spec in the run directory its
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from accelerate import PartialState
 from ..assets import resolve_references
 from ..atomic import write_text_atomic
 from ..consistency import check_positions, check_vocabulary
+from ..errors import SpecError
 from ..contracts import Extractor, HeadSpec, PluginOptions, Task, TaskData
 from ..engine.losses import LossConfig
 from ..layout import SPEC_FILE
@@ -50,6 +52,23 @@ def processes() -> PartialState:
     process, and on a CPU-only machine it is what joins the processes into one group.
     """
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def read_model_config(model: str) -> dict[str, Any]:
+    """The ``config.json`` of a model directory, for ``teacher.init = "random"``."""
+    path = Path(model) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(
+            f"teacher.init = 'random' needs teacher.model to be a directory with a config.json; "
+            f"none at {path}"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise SpecError(f"teacher.model: {path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise SpecError(f"teacher.model: {path} holds {type(config).__name__}, expected an object")
+    return config
 
 
 def resolve_assets(validated: ValidatedSpec, value: Any) -> Any:
@@ -118,14 +137,24 @@ class RunContext:
         """
         spec = self.spec
         with seeded(spec.experiment.seed):
-            model = CaldModel.from_source(
-                spec.teacher.source,
-                self.teacher_model,
-                self.head,
-                max_length=self.max_length,
-                task_metadata=self.data.metadata,
-                source=self.validated.source,
-            )
+            if spec.teacher.init == "random":
+                model = CaldModel.from_source_config(
+                    spec.teacher.source,
+                    read_model_config(self.teacher_model),
+                    self.head,
+                    max_length=self.max_length,
+                    task_metadata=self.data.metadata,
+                    source=self.validated.source,
+                ).eval()
+            else:
+                model = CaldModel.from_source(
+                    spec.teacher.source,
+                    self.teacher_model,
+                    self.head,
+                    max_length=self.max_length,
+                    task_metadata=self.data.metadata,
+                    source=self.validated.source,
+                )
         check_vocabulary(self.preprocessor, model, self.teacher_model)
         check_positions(model, self.max_length, self.teacher_model)
         check_kept_layers(spec.student.keep_attention, model.num_layers, "student.keep_attention")

@@ -54,6 +54,8 @@ def teacher_cache_key(context: RunContext) -> str:
         "seed": spec.experiment.seed,
         "cald_framework": __version__,
     }
+    if spec.teacher.init != "pretrained":  # keys of pretrained teachers stay as they were
+        key["init"] = spec.teacher.init
     encoded = json.dumps(key, sort_keys=True).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..assets import AssetName, AssetSpec
+from ..assets import Asset, AssetName
 from ..contracts import Location, PrecisionName, ScheduleName, lacks_schedule_floor
 
 
@@ -77,6 +77,9 @@ class TeacherSection(Section):
     source: str
     #: pretrained model: hub id, local directory or ``asset:NAME``
     model: Location
+    #: ``random``: ``model`` is a directory with only a config (and preprocessor), and the
+    #: teacher starts from random weights drawn from ``experiment.seed`` (small test setups)
+    init: Literal["pretrained", "random"] = "pretrained"
     #: fine-tuned target teacher (a directory saved by a teacher fine-tuning run)
     target: Location | None = None
     #: waypoints of a teacher fine-tuning run (its directory, holding ``waypoints.json``)
@@ -163,7 +166,7 @@ class Spec(Section):
     training: TrainingSection = TrainingSection()
     evaluation: EvaluationSection = EvaluationSection()
     #: files fetched from a package registry and verified by hash, referred to as ``asset:NAME``
-    assets: dict[AssetName, AssetSpec] = {}
+    assets: dict[AssetName, Asset] = {}
 
     @model_validator(mode="after")
     def _fill_output_dir(self) -> Spec:
