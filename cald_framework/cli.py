@@ -1,4 +1,4 @@
-"""Command line: ``python -m cald_framework {run,validate,plugins,schema,analyze,bench,data}``.
+"""Command line: ``python -m cald_framework {run,validate,plugins,schema,analyze,bench,data,eval}``.
 
 User errors (a bad spec, data, checkpoint or plugin) print one line and exit with code 2;
 ``--debug`` shows the traceback instead.
@@ -123,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_analysis_commands(commands)
 
     from .data.cli import add_data_command
+    from .harness.cli import add_eval_command
 
     add_data_command(commands)
+    add_eval_command(commands)
     return parser
 
 

@@ -11,6 +11,7 @@ A run directory (``experiment.output_dir``)::
     report.md               the same, for people
     metrics.jsonl           one JSON event per line (train, eval, nonfinite, warning)
     transfer_report.json    what conversion transferred, replaced and created
+    eval.json, eval.md      ``cald eval``'s lm-evaluation-harness results, teacher vs student
     student/                the exported student (``save_pretrained``)
     checkpoints/step-XXXXXXXX/   training checkpoints
     alignment/step-XXXXXXXX/     checkpoints of the alignment before training (the mixers)
@@ -30,6 +31,8 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.jsonl"
 TRANSFER_REPORT_FILE = "transfer_report.json"
+EVAL_FILE = "eval.json"
+EVAL_REPORT_FILE = "eval.md"
 STUDENT_DIR = "student"
 CHECKPOINTS_DIR = "checkpoints"
 ALIGNMENT_DIR = "alignment"
