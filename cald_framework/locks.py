@@ -105,7 +105,8 @@ def _acquire(path: Path, what: str, owner: LockOwner, wait: bool, poll_seconds: 
         holder = read_owner(path)
         if holder is not None and holder.is_dead():
             warnings.warn(
-                f"{what}: taking over the stale lock {path} of {holder}, which is no longer running",
+                f"{what}: taking over the stale lock {path} of {holder}, "
+                "which is no longer running",
                 StaleLockWarning,
                 stacklevel=4,
             )
@@ -117,13 +118,16 @@ def _acquire(path: Path, what: str, owner: LockOwner, wait: bool, poll_seconds: 
                 f"{what} is in use by {described}: lock {path} (delete it if that run is gone)"
             )
         if not announced:
-            print(f"{what} is in use by {described}; waiting for lock {path} to be released", file=sys.stderr)
+            waiting = f"{what} is in use by {described}; waiting for lock {path} to be released"
+            print(waiting, file=sys.stderr)
             announced = True
         time.sleep(poll_seconds)
 
 
 @contextmanager
-def holding(path: Path, what: str, *, wait: bool = False, poll_seconds: float = 1.0) -> Iterator[LockOwner]:
+def holding(
+    path: Path, what: str, *, wait: bool = False, poll_seconds: float = 1.0
+) -> Iterator[LockOwner]:
     """Hold the lock file at ``path`` for the duration of the block, released however it ends.
 
     ``what`` names the locked thing in messages. A live holder makes this raise

@@ -35,8 +35,8 @@ class LoraSummary:
 
 def new_modules(student: CaldModel) -> list[nn.Module]:
     """The modules that train fully: every mixer, the mixers' shared parameters, the head."""
-    slots = student.family.attention_slots(student.backbone)
-    mixers = [slot.module.mixer for slot in slots if isinstance(getattr(slot.module, "mixer", None), nn.Module)]
+    slots = [slot.module for slot in student.family.attention_slots(student.backbone)]
+    mixers = [slot.mixer for slot in slots if isinstance(getattr(slot, "mixer", None), nn.Module)]
     return [*mixers, student.shared, *([student.head] if student.head is not None else [])]
 
 
@@ -94,8 +94,8 @@ def add_lora(student: CaldModel, lora: LoraSection) -> LoraSummary:
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter of ``model`` into its base layer and put the base layers back, in
     place; a model without adapters is returned unchanged. Returns ``model``."""
-    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
-    for name, layer in layers:
+    adapted = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in adapted:
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
