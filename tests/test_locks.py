@@ -65,17 +65,19 @@ def test_a_second_process_is_refused_with_one_line_naming_lock_and_owner(
 
 def test_a_waiting_process_gets_the_lock_once_the_holder_releases_it(tmp_path: Path) -> None:
     lock, release = tmp_path / "lock", tmp_path / "release"
-    with holding(lock, "thing") as owner:
-        waiter = _holder(lock, release)
-        assert waiter.stderr is not None
-        assert waiter.stderr.readline() == (
-            f"thing is in use by {owner}; waiting for lock {lock} to be released\n"
-        )
-        time.sleep(0.3)
-        assert waiter.poll() is None and _owner_pid(lock) == owner.pid  # still waiting
-    assert waiter.stdout is not None and waiter.stdout.readline() == "held\n"
-    assert _owner_pid(lock) == waiter.pid
-    release.touch()
+    try:
+        with holding(lock, "thing") as owner:
+            waiter = _holder(lock, release)
+            assert waiter.stderr is not None
+            assert waiter.stderr.readline() == (
+                f"thing is in use by {owner}; waiting for lock {lock} to be released\n"
+            )
+            time.sleep(0.3)
+            assert waiter.poll() is None and _owner_pid(lock) == owner.pid  # still waiting
+        assert waiter.stdout is not None and waiter.stdout.readline() == "held\n"
+        assert _owner_pid(lock) == waiter.pid
+    finally:
+        release.touch()
     assert waiter.wait(timeout=30) == 0
     assert not lock.exists()
 
