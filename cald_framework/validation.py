@@ -13,7 +13,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from .contracts import PluginOptions
+from .contracts import MixerPlugin, PluginOptions
 from .errors import PluginError
 
 
@@ -74,6 +74,17 @@ def validate_options(
     except ValidationError as error:
         problems = describe(error, model, inherited=inherited)
         raise OptionsError([Problem(p.path, f"{p.message} ({owner})") for p in problems]) from None
+
+
+def size_problems(
+    plugin: MixerPlugin, options: PluginOptions, max_length: int | None
+) -> list[Problem]:
+    """What the mixer's :attr:`~cald_framework.contracts.MixerPlugin.limits` refuses at
+    ``max_length``, each problem ending with the mixer that refused it."""
+    if plugin.limits is None:
+        return []
+    refused = plugin.limits(options, max_length)
+    return [Problem((key,), f"{reason} (mixer {plugin.name!r})") for key, reason in refused.items()]
 
 
 def _message(

@@ -34,6 +34,7 @@ from .mixers import (
     RecurrentMixer,
     RecurrentSlot,
     SequenceMixer,
+    SizeLimits,
     no_weight_decay_names,
 )
 from .options import (
@@ -76,6 +77,7 @@ __all__ = [
     "RecurrentSlot",
     "ScheduleName",
     "SequenceMixer",
+    "SizeLimits",
     "SourceFamily",
     "SourcePlugin",
     "StepPlan",

@@ -109,6 +109,13 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
     }
 
 
+#: ``limits(options, max_length)``: the options whose sizes are absurd at the run's
+#: ``max_length`` (``None`` when the spec sets none), as ``{option key: one-line reason}``;
+#: empty when they are fine. Validation calls it, so a size that would allocate tens of GB fails
+#: there with one line instead of running out of memory when the student is built.
+SizeLimits = Callable[[PluginOptions, "int | None"], dict[str, str]]
+
+
 @dataclass(frozen=True)
 class MixerPlugin:
     """A registered sequence mixer."""
@@ -119,3 +126,5 @@ class MixerPlugin:
     #: ``"causal"`` mixers fit any source; ``"bidirectional"`` ones only non-causal sources
     direction: Literal["causal", "bidirectional"]
     description: str = ""
+    #: checks of the sizes the options allocate against the run's ``max_length`` (optional)
+    limits: SizeLimits | None = None

@@ -22,6 +22,7 @@ from ..engine.tensorfiles import read_tensors
 from ..engine.waypoints import read_waypoints
 from ..errors import CheckpointError
 from ..layout import DONE_FILE, TEACHER_CACHE_DIR
+from ..locks import holding
 from ..modeling import CaldModel
 from .prepare import RunContext, processes, resolve_assets
 
@@ -77,11 +78,27 @@ def cached_finetune(context: RunContext) -> FinetuneResult | None:
 
 
 def finetuned_teacher(context: RunContext, resume: bool) -> tuple[FinetuneResult, float | None]:
-    """The cached fine-tuning run, or a new one; returns it and its training time (``None`` if cached)."""
+    """The cached fine-tuning run, or a new one; returns it and its training time (``None`` if cached).
+
+    The main process holds the cache entry's lock while it fine-tunes: a run that needs the
+    same entry meanwhile waits for it and then reuses the result.
+    """
     cached = cached_finetune(context)
     if cached is not None:
         return cached, None
     directory = teacher_cache_dir(context)
+    if not processes().is_main_process:
+        return _finetune(context, directory, resume)
+    lock = directory.with_name(f"{directory.name}.lock")
+    with holding(lock, f"teacher cache entry {directory}", wait=True):
+        cached = cached_finetune(context)  # finished by the run this one waited for
+        if cached is not None:
+            return cached, None
+        return _finetune(context, directory, resume)
+
+
+def _finetune(context: RunContext, directory: Path, resume: bool) -> tuple[FinetuneResult, float]:
+    """Fine-tune the teacher into the cache entry ``directory`` and mark it done."""
     spec = context.spec
     result = finetune_teacher(
         context.source_copy(),

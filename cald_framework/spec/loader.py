@@ -20,7 +20,7 @@ from ..contracts import (
 )
 from ..errors import PluginError, SpecError
 from ..plugin_manager import Registries, load_registries
-from ..validation import OptionsError, Problem, describe, summary, validate_options
+from ..validation import OptionsError, Problem, describe, size_problems, summary, validate_options
 from .sections import GuidanceSection, Spec, TrainingSection
 from .toml_source import Path_, apply_override, key_lines, line_of, parse_override, read_toml
 
@@ -190,6 +190,10 @@ def validate_document(
         problems,
         "extractor",
     )
+    if mixer is not None and mixer_options is not None and task_options is not None:
+        max_length = spec.student.max_length or getattr(task_options, "max_length", None)
+        sizes = size_problems(mixer, mixer_options, max_length)
+        problems.add_all(sizes, ("student", "mixer_options"))
     _check_compatibility(spec, source, mixer, task, guidance, registries, problems)
     _check_assets(document, spec, problems)
     teacher_training = _teacher_training(spec, problems)

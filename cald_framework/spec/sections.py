@@ -95,6 +95,26 @@ class TeacherSection(Section):
     finetune: dict[str, Any] = {}
 
 
+class LoraSection(Section):
+    """Low-rank adapters on the student's transferred weights (through ``peft``).
+
+    The transferred weights stay frozen and the layers in ``target_modules`` get adapters; the
+    new mixers and the task head train fully. Adapters are merged into the exported student.
+    """
+
+    #: rank of each adapter
+    r: int = Field(default=8, gt=0)
+    #: scale of the adapters' update is ``alpha / r``
+    alpha: float = Field(default=16.0, gt=0)
+    #: dropout on the adapters' input during training
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: names (or name suffixes, as peft matches them) of the transferred linear layers that get
+    #: adapters; default: every transferred linear layer (none inside a mixer or the task head)
+    target_modules: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1
+    )
+
+
 class StudentSection(Section):
     #: mixer plugin name
     mixer: str
@@ -105,6 +125,8 @@ class StudentSection(Section):
     max_length: int | None = Field(default=None, gt=0)
     #: layers (0-based) that keep the teacher's attention, transferred exactly: a hybrid student
     keep_attention: list[Annotated[int, Field(ge=0)]] = []
+    #: train low-rank adapters on the transferred weights instead of the weights themselves
+    lora: LoraSection | None = None
 
     @field_validator("keep_attention")
     @classmethod

@@ -31,6 +31,11 @@ from .padding import valid_lengths, zero_padding
 
 #: the key in ``MixerContext.shared`` of the projection that ``share = "layer"`` uses everywhere
 SHARED_KEY = "linformer"
+#: the largest k taken beyond ``max_length``: slots past the longest sequence stay empty, so a
+#: k above both is a mistake, while k = 256 over 64-token reviews merely wastes a little
+K_CAP = 4096
+#: the most values one E (or F) may hold, ``max_length × k``: 2**28, 1 GiB in fp32 per layer
+PROJECTION_CAP = 2**28
 
 
 class LinformerOptions(InitOptions):
@@ -71,6 +76,21 @@ class LinformerOptions(InitOptions):
                 "reproduce attention with a fixed E)"
             )
         return self
+
+
+def linformer_limits(options: LinformerOptions, max_length: int | None) -> dict[str, str]:
+    """``k`` refused where it exceeds both ``max_length`` and :data:`K_CAP`, or where E and F
+    would hold more than :data:`PROJECTION_CAP` values each (the :class:`SizeLimits` hook)."""
+    k = options.k
+    if k > max(max_length or 0, K_CAP):
+        beyond = f"max_length ({max_length}) and {K_CAP}" if max_length else f"{K_CAP}"
+        return {"k": f"k = {k} exceeds {beyond}: slots past the longest sequence stay empty"}
+    if max_length and max_length * k > PROJECTION_CAP:
+        return {
+            "k": f"max_length × k = {max_length * k:,} values in each of E and F exceeds "
+            f"{PROJECTION_CAP:,}; lower k or max_length"
+        }
+    return {}
 
 
 class SequenceProjection(nn.Module):
@@ -146,6 +166,9 @@ class LinformerMixer(nn.Module):
                 f"linformer: needs the longest sequence length to size E and F, "
                 f"got max_length {ctx.max_length}"
             )
+        refused = linformer_limits(options, ctx.max_length)
+        if refused:
+            raise SpecError(f"linformer: {refused['k']}")
         self.num_heads = ctx.num_heads
         self.dropout = options.dropout
         self.pooled = options.projection == "pooled"

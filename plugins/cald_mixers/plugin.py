@@ -8,7 +8,7 @@ from cald_framework import hookimpl
 from cald_framework.contracts import MixerPlugin
 
 from .bimamba2 import BiMamba2Mixer, BiMamba2Options
-from .linformer import LinformerMixer, LinformerOptions
+from .linformer import LinformerMixer, LinformerOptions, linformer_limits
 from .mamba import MambaMixer, MambaOptions
 from .mamba2 import Mamba2Mixer, Mamba2Options
 
@@ -16,6 +16,7 @@ MIXERS = (
     MixerPlugin(
         "linformer", LinformerOptions, LinformerMixer, "bidirectional",
         description="Linformer attention: keys/values projected to rank k along the sequence",
+        limits=linformer_limits,
     ),
     MixerPlugin(
         "mamba", MambaOptions, MambaMixer, "causal",
