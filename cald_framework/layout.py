@@ -11,6 +11,7 @@ A run directory (``experiment.output_dir``)::
     report.md               the same, for people
     metrics.jsonl           one JSON event per line (train, eval, nonfinite, warning)
     transfer_report.json    what conversion transferred, replaced and created
+    guidance_choice.json    the mode ``guidance.mode = "auto"`` chose, and why (reused on resume)
     student/                the exported student (``save_pretrained``)
     checkpoints/step-XXXXXXXX/   training checkpoints
     alignment/step-XXXXXXXX/     checkpoints of the alignment before training (the mixers)
@@ -30,6 +31,7 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.jsonl"
 TRANSFER_REPORT_FILE = "transfer_report.json"
+GUIDANCE_CHOICE_FILE = "guidance_choice.json"
 STUDENT_DIR = "student"
 CHECKPOINTS_DIR = "checkpoints"
 ALIGNMENT_DIR = "alignment"
