@@ -12,6 +12,7 @@ A run directory (``experiment.output_dir``)::
     metrics.jsonl           one JSON event per line (train, eval, nonfinite, warning)
     transfer_report.json    what conversion transferred, replaced and created
     eval.json, eval.md      ``cald eval``'s lm-evaluation-harness results, teacher vs student
+    guidance_choice.json    the mode ``guidance.mode = "auto"`` chose, and why (reused on resume)
     student/                the exported student (``save_pretrained``)
     checkpoints/step-XXXXXXXX/   training checkpoints
     alignment/step-XXXXXXXX/     checkpoints of the alignment before training (the mixers)
@@ -33,6 +34,7 @@ METRICS_FILE = "metrics.jsonl"
 TRANSFER_REPORT_FILE = "transfer_report.json"
 EVAL_FILE = "eval.json"
 EVAL_REPORT_FILE = "eval.md"
+GUIDANCE_CHOICE_FILE = "guidance_choice.json"
 STUDENT_DIR = "student"
 CHECKPOINTS_DIR = "checkpoints"
 ALIGNMENT_DIR = "alignment"

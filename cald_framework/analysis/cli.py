@@ -12,6 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 
+#: the sample choice of ``analyze`` commands by default (``auto`` guidance measures drift so too)
+DEFAULT_SAMPLES, DEFAULT_SAMPLE_SEED, DEFAULT_BATCH_SIZE = 100, 0, 8
+
+
 def _deferred(name: str) -> Callable[[argparse.Namespace], int]:
     """The handler ``name`` of :mod:`.commands`, imported when it is called."""
 
@@ -41,9 +45,16 @@ def _command(
         help="where models run (default: cuda when available)",
     )
     if samples:
-        parser.add_argument("--samples", type=int, default=100, help="task samples (default: 100)")
-        parser.add_argument("--seed", type=int, default=0, help="sample choice and t-SNE seed")
-        parser.add_argument("--batch-size", type=int, default=8, help="samples per forward")
+        parser.add_argument(
+            "--samples", type=int, default=DEFAULT_SAMPLES,
+            help=f"task samples (default: {DEFAULT_SAMPLES})",
+        )
+        parser.add_argument(
+            "--seed", type=int, default=DEFAULT_SAMPLE_SEED, help="sample choice and t-SNE seed"
+        )
+        parser.add_argument(
+            "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="samples per forward"
+        )
     parser.set_defaults(handler=_deferred(handler))
     return parser
 

@@ -6,14 +6,27 @@ moves a figure: the same samples give the same numbers whatever the batching.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contracts import CaldOutput
+from ..contracts import CaldOutput, TaskData
 
 Batch = Mapping[str, torch.Tensor]
+
+
+def sample_inputs(data: TaskData, count: int, seed: int, batch_size: int) -> list[Batch]:
+    """``count`` rows drawn with ``seed`` from the evaluation split (else training), batched,
+    as model inputs."""
+    dataset = data.eval if data.eval is not None else data.train
+    chosen = sorted(random.Random(seed).sample(range(len(dataset)), min(count, len(dataset))))
+    return [
+        data.collate([dataset[index] for index in chosen[start : start + batch_size]])["inputs"]
+        for start in range(0, len(chosen), batch_size)
+    ]
 
 
 def outputs(model: nn.Module, batches: Sequence[Batch]) -> Iterator[CaldOutput]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..modeling import CaldModel
 from ..run.convert import build_student
 from ..run.prepare import RunContext, resolve_assets
 from ..spec import ValidatedSpec, load_spec
-from .hidden import Batch
+from .hidden import Batch, sample_inputs
 from .snapshots import Snapshot
 
 
@@ -95,15 +94,7 @@ class RunDirectory:
 
     def samples(self, count: int, seed: int, batch_size: int) -> list[Batch]:
         """``count`` rows drawn with ``seed`` from the evaluation split (else training), batched."""
-        data = self.context.data
-        dataset = data.eval if data.eval is not None else data.train
-        chosen = sorted(random.Random(seed).sample(range(len(dataset)), min(count, len(dataset))))
-        return [
-            data.collate([dataset[index] for index in chosen[start : start + batch_size]])[
-                "inputs"
-            ]
-            for start in range(0, len(chosen), batch_size)
-        ]
+        return sample_inputs(self.context.data, count, seed, batch_size)
 
     def training_batch(self, size: int) -> dict[str, Any]:
         """The first ``size`` training rows as one collated batch (inputs and labels)."""

@@ -19,14 +19,23 @@ plugin's ``options`` model before anything is loaded, and reach ``build`` as tha
    detached.
 3. The student's forward, losses, backward and update (skipped on every process when a loss or
    gradient norm is not finite anywhere).
-4. ``schedule.after_step(i)``, whether the update was skipped or not.
+4. When the schedule's ``observes_losses`` is true and the update was applied,
+   ``schedule.observe(i, losses)`` with the step's loss terms (``task``, ``kd``, ``ld``: means
+   over the micro-batches and processes, as floats); a mapping it returns is recorded in
+   ``metrics.jsonl`` as a ``guidance`` event of that step.
+5. ``schedule.after_step(i)``, whether the update was skipped or not.
 
 A loss term runs only when its weight is above zero. ``schedule.state_dict()`` is saved in every
 checkpoint (next to, never inside, the student's weights) and handed to ``load_state_dict``
 when a run resumes, before the first ``plan``. A resumed run must continue bitwise as if it
 had never stopped, so keep there whatever ``plan`` depends on beyond the step number.
 ``trained_teacher()`` returns a teacher the schedule trained during the run, which the run
-then reports as its teacher.
+then reports as its teacher; ``summary()`` what the schedule decided (for ``results.json``).
+
+A mode with ``choose`` set picks another mode before the run converts its student: the run
+measures how far the teacher's hidden states drifted during its fine-tuning
+(:class:`TeacherDrift`), and ``choose(options, drift)`` returns a :class:`ModeChoice`, the
+mode the run then trains with.
 
 **What a mode may use** is the :class:`GuidanceContext`, and nothing else of the host:
 
@@ -73,7 +82,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -135,6 +144,31 @@ class AvailableTeachers:
     #: the teachers' precision, e.g. ``"bf16"`` for cheap targets while the student trains in
     #: fp32 (default: the run's ``training.precision``)
     precision: PrecisionName | None = None
+
+
+@dataclass(frozen=True)
+class TeacherDrift:
+    """How far the teacher's hidden states moved from the pretrained model's along its
+    fine-tuning run: ``cald analyze drift`` of its waypoints (mean cosine distance over the
+    valid positions of held-out samples)."""
+
+    #: the waypoints' steps, increasing
+    steps: tuple[int, ...]
+    #: per waypoint, the distance of each hidden state (0: the embedding output)
+    layers: tuple[tuple[float, ...], ...]
+    #: per waypoint, the mean over the layers ``1..L``
+    means: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """The mode a choosing mode picked, with that mode's option values and why."""
+
+    mode: str
+    options: dict[str, Any]
+    reason: str
+    #: the figures the choice rests on, for ``results.json``
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 #: the fields of :class:`AvailableTeachers` that :meth:`GuidanceContext.require` gives
@@ -251,6 +285,18 @@ class GuidanceSchedule(ABC):
         """A teacher this schedule trained during the run, reported as the run's teacher."""
         return None
 
+    #: whether the trainer reports each applied step's losses to :meth:`observe` (one
+    #: reduction across processes per step)
+    observes_losses: bool = False
+
+    def observe(self, step: int, losses: Mapping[str, float]) -> Mapping[str, Any] | None:
+        """The loss terms of applied step ``step``; a returned mapping becomes a ``guidance`` event."""
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """What the schedule decided during the run, for ``results.json`` (empty: nothing)."""
+        return {}
+
 
 class TaskOnly(GuidanceSchedule):
     """No teacher at all: the task loss alone (unguided training, teacher fine-tuning)."""
@@ -293,3 +339,6 @@ class GuidancePlugin:
     #: whose weights the student starts from unless the spec says otherwise
     default_init: Literal["source", "target"] = "target"
     description: str = ""
+    #: picks the mode the run trains with from the teacher's drift (see the module docstring);
+    #: ``build`` is then never called
+    choose: Callable[[PluginOptions, TeacherDrift], ModeChoice] | None = None

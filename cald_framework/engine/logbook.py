@@ -1,7 +1,8 @@
 """Where a run reports: ``metrics.jsonl``, a progress bar and the trackers named in the spec.
 
 Only the main process writes. ``metrics.jsonl`` holds one JSON object per event (``train``,
-``eval``, ``nonfinite``, ``warning``, and ``align`` from the alignment before training), each
+``eval``, ``nonfinite``, ``warning``, ``guidance`` from the guidance schedule, and ``align`` and
+``guidance_choice`` from the stages before training), each
 with the ``step`` it belongs to; a resumed run first drops the events after its checkpoint, so
 the file reads as one uninterrupted run.
 """
@@ -47,9 +48,9 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-#: events written by the stages before training (alignment): a training run started afresh
-#: keeps them, and the stage that writes them clears the file when it starts afresh itself
-PRELUDE_EVENTS = frozenset({"align"})
+#: events written by the stages before training (alignment, the choice of ``auto`` guidance): a
+#: training run started afresh keeps them; the alignment clears the file when it starts afresh
+PRELUDE_EVENTS = frozenset({"align", "guidance_choice"})
 
 
 def keep_events(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:

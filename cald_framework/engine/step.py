@@ -55,6 +55,8 @@ class StepResult:
     grad_norm: torch.Tensor | None
     #: rows this process trained on
     rows: int
+    #: what the guidance schedule's ``observe`` asked to record for this step, if anything
+    guidance_event: Mapping[str, Any] | None = None
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:

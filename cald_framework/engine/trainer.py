@@ -82,6 +82,8 @@ class TrainResult:
     best_checkpoint: Path
     #: the teacher the guidance schedule trained alongside the student, if any (trajectory)
     trained_teacher: nn.Module | None = None
+    #: what the guidance schedule decided during the run (``GuidanceSchedule.summary``)
+    guidance_summary: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -247,9 +249,18 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         applied, grad_norm = self.student_step.update(finite)
         self.scheduler.step()
+        event = self._observe(step, losses) if applied and self.schedule.observes_losses else None
         self.schedule.after_step(step)
         self.progress.step += 1
-        return StepResult(self.progress.step, lr, applied, losses, grad_norm, rows)
+        return StepResult(self.progress.step, lr, applied, losses, grad_norm, rows, event)
+
+    def _observe(self, step: int, losses: Mapping[str, torch.Tensor]) -> Mapping[str, Any] | None:
+        """Hand the schedule the step's scalar loss terms, averaged over the processes."""
+        names = [name for name, value in losses.items() if value.dim() == 0]
+        values = torch.stack([losses[name] for name in names])
+        if self.world > 1:
+            values = self.accelerator.reduce(values, "mean")
+        return self.schedule.observe(step, dict(zip(names, values.tolist())))
 
     # ---------------------------------------------------------------- evaluation and saving
 
@@ -303,6 +314,8 @@ class Trainer:
         step = result.step
         epoch = self.progress.epoch + self.progress.position / updates
         self.window.rows += result.rows * self.world
+        if result.guidance_event is not None:
+            log.record("guidance", step, dict(result.guidance_event))
         if result.applied:
             self.progress.nonfinite_streak = 0
             norm = {} if result.grad_norm is None else {"grad_norm": result.grad_norm.float()}
@@ -416,6 +429,7 @@ class Trainer:
             last_checkpoint=self.checkpoints.path(progress.step),
             best_checkpoint=self.checkpoints.path(progress.best_step),
             trained_teacher=self.schedule.trained_teacher(),
+            guidance_summary=self.schedule.summary(),
         )
 
 

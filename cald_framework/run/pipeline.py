@@ -1,7 +1,8 @@
 """``run_pipeline``: the stages of a run in order, each a call to its own module.
 
 spec -> plugins resolve names -> task builds the data -> source loads the teacher -> (teacher
-fine-tuning, cached) -> mixer + source build the student -> (its mixers aligned alone on the
+fine-tuning, cached) -> (``auto`` guidance picks its mode from the teacher's drift) -> mixer +
+source build the student -> (its mixers aligned alone on the
 teacher's layer inputs) -> guidance decides the teacher at each
 step -> engine trains, evaluates, checkpoints -> export + report.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..locks import holding
 from ..spec import ValidatedSpec
 from .align import align_student
+from .choose import choose_guidance, log_choice
 from .convert import convert_student, evaluate_converted
 from .export import export_student
 from .prepare import prepare, processes
@@ -45,12 +47,15 @@ def _run_stages(validated: ValidatedSpec, resume: bool) -> RunResults | None:
     started = time.perf_counter()
     context = prepare(validated)
     teachers = resolve_teachers(context, resume)
+    choice = choose_guidance(context, teachers, resume=resume)
     student = convert_student(context, teachers)
     main = processes().is_main_process
     initial_metrics = evaluate_converted(context, student) if main else {}
     alignment = align_student(context, teachers, student, resume=resume)
+    if choice is not None:
+        log_choice(context, choice)
     trained = train_student(context, teachers, student, resume=resume)
     if not main:
         return None
     export_student(context, trained.model)
-    return report_run(context, teachers, trained, initial_metrics, started, alignment)
+    return report_run(context, teachers, trained, initial_metrics, started, alignment, choice)

@@ -21,6 +21,7 @@ from ..engine.alignment import AlignmentResult
 from ..engine.evaluation import evaluate_model
 from ..engine.trainer import TrainResult
 from ..layout import METRICS_FILE, REPORT_FILE, RESULTS_FILE, STUDENT_DIR, TRANSFER_REPORT_FILE
+from .choose import GuidanceChoice
 from .prepare import RunContext
 from .speed import SpeedComparison, measure_speed, speed_batch
 from .teachers import RunTeachers
@@ -58,6 +59,11 @@ class RunResults:
     aligned_student_metrics: dict[str, float] | None = None
     #: the alignment stage's wall time; ``None`` without alignment
     align_wall_seconds: float | None = None
+    #: what ``guidance.mode = "auto"`` chose (``mode``) and why, with the drift it measured;
+    #: ``None`` for a mode the spec names
+    guidance_choice: dict[str, Any] | None = None
+    #: what the guidance schedule decided while training (e.g. hybrid's plateau switch)
+    guidance_summary: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -89,6 +95,33 @@ def _kept_line(kept: list[int]) -> str:
     if not kept:
         return "Every attention layer was converted."
     return f"Layers {', '.join(map(str, kept))} kept the teacher's attention (a hybrid student)."
+
+
+def _drift_table(rows: list[dict[str, Any]]) -> list[str]:
+    layers = sum(1 for key in rows[0] if key.startswith("layer_"))
+    header = ["teacher step", "mean (1..L)", *(f"layer {i}" for i in range(layers))]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in rows:
+        cells = [str(row["step"]), *(f"{row[key]:.4f}" for key in ["mean", *(f"layer_{i}" for i in range(layers))])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _guidance_lines(results: RunResults) -> list[str]:
+    """The guidance section: the mode ``auto`` chose and why, and a switch made while training."""
+    choice, summary = results.guidance_choice, results.guidance_summary
+    if choice is None and not summary.get("reason"):
+        return []
+    lines = ["", "## Guidance", ""]
+    if choice is not None:
+        lines += [f"`{choice['chooser']}` chose `{choice['mode']}`: {choice['reason']}.", ""]
+        lines += ["Hidden-state drift of the teacher's waypoints from the pretrained model "
+                  "(mean cosine distance):", ""]
+        lines += _drift_table(choice["drift"])
+        lines.append("")
+    if summary.get("reason"):
+        lines.append(f"Switch: {summary['reason']}.")
+    return lines
 
 
 def render_markdown(results: RunResults) -> str:
@@ -124,6 +157,7 @@ def render_markdown(results: RunResults) -> str:
             f"| forward ms (batch {speed.batch_size} x {speed.length}) "
             f"| {speed.teacher_ms:.1f} {gap}| {speed.student_ms:.1f} ({speed.speedup:.2f}x) |"
         )
+    lines += _guidance_lines(results)
     lines += [
         "",
         f"Training: {results.steps} steps in {results.train_wall_seconds:.0f} s; "
@@ -148,13 +182,15 @@ def report_run(
     initial_metrics: dict[str, float],
     started: float,
     alignment: AlignmentResult | None = None,
+    choice: GuidanceChoice | None = None,
 ) -> RunResults:
     """Compare the trained student with its reference teacher and write the results.
 
     The reference teacher is the target teacher, else the one trained alongside the student,
     else the pretrained one; ``initial_metrics`` are the student's right after conversion;
     ``started`` is the ``time.perf_counter()`` of the run's start; ``alignment`` is what the
-    alignment stage did (``None`` when the run had none).
+    alignment stage did (``None`` when the run had none); ``choice`` what ``auto`` guidance
+    chose (``None`` when the spec names its mode).
     """
     validated = context.validated
     spec = validated.spec
@@ -181,6 +217,8 @@ def report_run(
         initial_student_metrics=initial_metrics,
         aligned_student_metrics=None if alignment is None else alignment.metrics,
         align_wall_seconds=None if alignment is None else alignment.wall_seconds,
+        guidance_choice=None if choice is None else asdict(choice),
+        guidance_summary=trained.guidance_summary,
         teacher_parameters=parameter_count(reference),
         student_parameters=parameter_count(student),
         steps=trained.steps,

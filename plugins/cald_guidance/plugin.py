@@ -1,4 +1,5 @@
-"""Registers the five guidance modes of the paper, exactly as a third-party package would."""
+"""Registers the five guidance modes of the paper and ``auto``, which picks one of them from the
+teacher's drift, exactly as a third-party package would."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from cald_framework import hookimpl
 from cald_framework.contracts import GuidanceContext, GuidancePlugin, NoOptions, TaskOnly
 
+from .auto import AutoOptions, choose_mode, never_built
 from .frozen import HybridOptions, HybridSchedule, TargetSchedule
 from .trajectory import TrajectoryOptions, TrajectorySchedule
 from .waypoint import WaypointOptions, WaypointSchedule
@@ -16,7 +18,7 @@ def _unguided(options: NoOptions, context: GuidanceContext) -> TaskOnly:
     return TaskOnly(context)
 
 
-#: the built-in modes, in the order of the paper's table
+#: the built-in modes, in the order of the paper's table, then ``auto``
 MODES = (
     GuidancePlugin(
         "unguided", NoOptions, _unguided, default_init="target",
@@ -36,7 +38,13 @@ MODES = (
     ),
     GuidancePlugin(
         "hybrid", HybridOptions, HybridSchedule, needs_target_teacher=True, default_init="target",
-        description="target guidance until step T_h (or that fraction of the run), then unguided",
+        description="target guidance until step T_h (a fraction of the run, or the layer loss's plateau), then unguided",
+    ),
+    GuidancePlugin(
+        "auto", AutoOptions, never_built, needs_target_teacher=True, needs_waypoints=True,
+        description="waypoint when the teacher's hidden states drift little in fine-tuning, "
+        "else hybrid switched at the layer loss's plateau",
+        choose=choose_mode,
     ),
 )
 
