@@ -499,7 +499,7 @@ class CaldForCausalLM(CaldForTask, GenerationMixin):
     def from_pretrained(  # type: ignore[override]
         cls, directory: str | Path, **options: Any
     ) -> CaldForCausalLM:
-        """The saved model, with the ``generation_config.json`` saved beside it when there is one."""
+        """The saved model, with the ``generation_config.json`` beside it when there is one."""
         model = super().from_pretrained(directory, **options)
         if (Path(directory) / GENERATION_CONFIG_NAME).is_file():
             model.generation_config = GenerationConfig.from_pretrained(directory)
@@ -519,7 +519,8 @@ class CaldForCausalLM(CaldForTask, GenerationMixin):
 
 #: the transformers Auto class that loads a saved model with each head kind
 AUTO_CLASS_OF_HEAD = {
-    "classification": "AutoModelForSequenceClassification (text) or AutoModelForAudioClassification",
+    "classification": "AutoModelForSequenceClassification (text) or "
+    "AutoModelForAudioClassification (audio)",
     "token_classification": "AutoModelForCTC",
     "causal_lm": "AutoModelForCausalLM",
 }

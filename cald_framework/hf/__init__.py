@@ -1,1 +1,1 @@
-"""Students as Hugging Face models: Auto-class registration, the exported directory, the model card."""
+"""Students as Hugging Face models: Auto classes, the exported directory, the model card."""

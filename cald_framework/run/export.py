@@ -1,13 +1,16 @@
-"""The export stage: the trained student saved as a Hugging Face model directory."""
+"""The export stage: the trained student saved as a Hugging Face model directory, and its card."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..hf.card import render_model_card, write_model_card
 from ..hf.directory import save_student
 from ..layout import STUDENT_DIR
 from ..modeling import CaldModel
+from ..spec.toml_writer import dumps
 from .prepare import RunContext
+from .report import RunResults
 
 
 def export_student(context: RunContext, student: CaldModel) -> Path:
@@ -16,3 +19,16 @@ def export_student(context: RunContext, student: CaldModel) -> Path:
     directory = context.output_dir / STUDENT_DIR
     save_student(student, directory, context.task.inference_preprocessor(context.preprocessor))
     return directory
+
+
+def write_student_card(context: RunContext, student: CaldModel, results: RunResults) -> Path:
+    """The exported student's ``README.md`` from the run's results and spec; returns its path."""
+    document = context.validated.document
+    card = render_model_card(
+        results.to_dict(),
+        student.config,
+        student.family.modality,
+        document.get("task", {}),
+        dumps(document),
+    )
+    return write_model_card(context.output_dir / STUDENT_DIR, card)

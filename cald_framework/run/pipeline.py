@@ -13,7 +13,7 @@ import time
 from ..spec import ValidatedSpec
 from .align import align_student
 from .convert import convert_student, evaluate_converted
-from .export import export_student
+from .export import export_student, write_student_card
 from .prepare import prepare, processes
 from .report import RunResults, report_run
 from .teachers import resolve_teachers
@@ -37,4 +37,6 @@ def run_pipeline(validated: ValidatedSpec, *, resume: bool = False) -> RunResult
     if not main:
         return None
     export_student(context, trained.model)
-    return report_run(context, teachers, trained, initial_metrics, started, alignment)
+    results = report_run(context, teachers, trained, initial_metrics, started, alignment)
+    write_student_card(context, trained.model, results)
+    return results

@@ -231,7 +231,8 @@ class CtcAsrTask(AudioModality, Task):
     def built_vocabulary(self) -> CharVocabulary:
         if self.vocabulary is None:
             raise CaldError(
-                f"{self.name}: build_data must run before metrics or export (it builds the vocabulary)"
+                f"{self.name}: build_data must run before metrics or export "
+                "(it builds the vocabulary)"
             )
         return self.vocabulary
 
