@@ -157,6 +157,9 @@ def test_speech_recognition_pipeline_decodes_ctc(students: dict[str, Path]) -> N
     processor = transformers.AutoProcessor.from_pretrained(directory)
     assert recognize(clip)["text"] == processor.decode(frames)
     assert processor.tokenizer.get_vocab() == CHARACTERS.ids
+    # blanks split repeats, repeats collapse, "|" separates words: the task's own decoding
+    frame_ids = [0, 3, 3, 0, 3, 2, 2, 4, 0, 4, 5, 0]
+    assert processor.decode(frame_ids) == CHARACTERS.decode(frame_ids) == "aa bbo"
 
 
 def test_exported_directory_is_complete(students: dict[str, Path]) -> None:
