@@ -182,7 +182,8 @@ _HUB_OPTIONS = frozenset(
 
 
 def apply_loading_options(model: CaldModel, path: Path, options: Mapping[str, Any]) -> CaldModel:
-    """``model`` in the ``dtype`` that ``options`` ask for (``"auto"``: as saved, float32).
+    """``model`` in the ``dtype`` that ``options`` ask for (``"auto"`` or none: float32, the
+    precision every CaldModel is built and loaded in).
 
     Hub-only options are accepted and have nothing to do; anything else (``device_map``,
     quantisation) is refused rather than silently ignored.
