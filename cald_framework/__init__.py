@@ -10,3 +10,8 @@ PROJECT = "cald_framework"
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 __all__ = ["PROJECT", "__version__", "hookimpl"]
+
+# after ``hookimpl``: the model classes import modules that use it
+from .hf.registration import register_auto_classes  # noqa: E402
+
+register_auto_classes()

@@ -19,7 +19,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import (
+    CausalLMOutput,
+    CausalLMOutputWithPast,
+    ModelOutput,
+    SequenceClassifierOutput,
+)
 
 from .contracts import (
     CaldOutput,
@@ -36,6 +42,7 @@ from .validation import validate_options
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+GENERATION_CONFIG_NAME = "generation_config.json"
 
 
 class CaldConfig(PretrainedConfig):
@@ -154,6 +161,44 @@ def mixer_options(plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any
             f"got {type(options).__name__}"
         )
     return validate_options(plugin.options, options, f"mixer {plugin.name!r}")
+
+
+#: what transformers' Auto classes and pipelines pass to ``from_pretrained`` that only concerns
+#: finding files on the Hub or running code from it: a saved directory needs none of them
+_HUB_OPTIONS = frozenset(
+    {
+        "trust_remote_code",
+        "adapter_kwargs",
+        "_from_auto",
+        "_from_pipeline",
+        "_commit_hash",
+        "revision",
+        "code_revision",
+        "local_files_only",
+        "cache_dir",
+        "token",
+    }
+)
+
+
+def apply_loading_options(model: CaldModel, path: Path, options: Mapping[str, Any]) -> CaldModel:
+    """``model`` in the ``dtype`` that ``options`` ask for (``"auto"`` or none: float32, the
+    precision every CaldModel is built and loaded in).
+
+    Hub-only options are accepted and have nothing to do; anything else (``device_map``,
+    quantisation) is refused rather than silently ignored.
+    """
+    left = {key: value for key, value in options.items() if key not in _HUB_OPTIONS}
+    dtype = left.pop("dtype", None) or left.pop("torch_dtype", None) or "auto"
+    unsupported = sorted(key for key, value in left.items() if value is not None)
+    if unsupported:
+        raise CheckpointError(
+            f"{path}: a CaldModel cannot be loaded with {', '.join(unsupported)}; "
+            "load it, then move it with .to(...)"
+        )
+    if dtype != "auto":
+        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model
 
 
 class CaldModel(PreTrainedModel):
@@ -335,8 +380,13 @@ class CaldModel(PreTrainedModel):
         *,
         source: SourcePlugin | None = None,
         mixer: MixerPlugin | None = None,
+        **loading: Any,
     ) -> CaldModel:
-        """Rebuild a saved model through the plugins and load its weights; returns eval mode."""
+        """Rebuild a saved model through the plugins and load its weights; returns eval mode.
+
+        ``loading`` takes what transformers' Auto classes and pipelines pass (see
+        :func:`apply_loading_options`), so they can load a saved model from its directory.
+        """
         path = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (path / name).is_file():
@@ -347,7 +397,7 @@ class CaldModel(PreTrainedModel):
                 f"{path} is not a saved CaldModel: its config.json is for a {model_type!r} model "
                 "(give the source family's checkpoints as teacher.model)"
             )
-        config = CaldConfig.from_pretrained(path)
+        config = loading.pop("config", None) or CaldConfig.from_pretrained(path)
         # the random initialisation is overwritten by the saved weights; drawing it from the
         # caller's stream would shift that stream (a resumed run loads its teacher after
         # restoring the checkpoint's random state, an uninterrupted one at step 0)
@@ -362,4 +412,118 @@ class CaldModel(PreTrainedModel):
             ) from error
         except SafetensorError as error:
             raise CheckpointError(f"{path / WEIGHTS_NAME} is not a readable safetensors file ({error})") from error
-        return model.eval()
+        return apply_loading_options(model.eval(), path, loading)
+
+
+# --------------------------------------------------------------------- Hugging Face task classes
+
+
+class CaldForTask(CaldModel):
+    """A :class:`CaldModel` that speaks transformers' task interface: keyword inputs, and the
+    library's output record with ``logits``, so Auto classes and ``pipeline()`` can use it.
+
+    The weights, config and computation are the framework's own (the same files load as either
+    class); only the record returned differs. A subclass names the head kind it serves, and
+    refuses a saved model whose head is another kind.
+    """
+
+    #: the :class:`HeadSpec` kind this task class runs
+    head_kind: str
+    #: transformers' output record for the task; built from ``logits`` (and ``hidden_states``)
+    output_class: type[ModelOutput]
+    #: inputs that transformers' callers add but the model has no use for
+    ignored_inputs: frozenset[str] = frozenset({"return_dict", "output_attentions"})
+
+    def __init__(self, config: CaldConfig, **plugins: Any):
+        kind = config.head_spec.kind
+        if kind != self.head_kind:
+            raise CheckpointError(
+                f"{type(self).__name__} runs a {self.head_kind} head, but this model has a "
+                f"{kind} head; load it with {AUTO_CLASS_OF_HEAD.get(kind, 'AutoModel')}"
+            )
+        super().__init__(config, **plugins)
+
+    def forward(  # type: ignore[override]
+        self, *, output_hidden_states: bool | None = None, **inputs: Any
+    ) -> ModelOutput:
+        model_inputs = {
+            name: value
+            for name, value in inputs.items()
+            if name not in self.ignored_inputs and value is not None
+        }
+        output = super().forward(**model_inputs)
+        hidden_states = output.hidden_states if output_hidden_states else None
+        return self.output_class(logits=output.logits, hidden_states=hidden_states)
+
+
+class CaldForSequenceClassification(CaldForTask):
+    """One label per text (``text-classification`` pipelines)."""
+
+    head_kind = "classification"
+    output_class = SequenceClassifierOutput
+    main_input_name = "input_ids"
+
+
+class CaldForAudioClassification(CaldForTask):
+    """One label per clip (``audio-classification`` pipelines)."""
+
+    head_kind = "classification"
+    output_class = SequenceClassifierOutput
+    main_input_name = "input_values"
+
+
+class CaldForCTC(CaldForTask):
+    """Frame-level character logits (``automatic-speech-recognition`` pipelines, CTC)."""
+
+    head_kind = "token_classification"
+    output_class = CausalLMOutput
+    main_input_name = "input_values"
+
+
+class CaldForCausalLM(CaldForTask, GenerationMixin):
+    """A causal language model that transformers' ``generate()`` can drive.
+
+    Without a cache: every generation step re-runs the whole sequence, exact for students and
+    hybrids alike but quadratic in time.
+    """
+
+    head_kind = "causal_lm"
+    output_class = CausalLMOutputWithPast
+    main_input_name = "input_ids"
+    ignored_inputs = CaldForTask.ignored_inputs | {
+        "use_cache",
+        "past_key_values",
+        "cache_position",
+        "position_ids",
+        "logits_to_keep",
+    }
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, directory: str | Path, **options: Any
+    ) -> CaldForCausalLM:
+        """The saved model, with the ``generation_config.json`` beside it when there is one."""
+        model = super().from_pretrained(directory, **options)
+        if (Path(directory) / GENERATION_CONFIG_NAME).is_file():
+            model.generation_config = GenerationConfig.from_pretrained(directory)
+        return model
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        """No key/value cache: ``generate()`` must not build one for this model."""
+        return False
+
+    def prepare_inputs_for_generation(  # type: ignore[override]
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
+    ) -> dict[str, Any]:
+        """The whole sequence so far, at every step (see the class docstring)."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+#: the transformers Auto class that loads a saved model with each head kind
+AUTO_CLASS_OF_HEAD = {
+    "classification": "AutoModelForSequenceClassification (text) or "
+    "AutoModelForAudioClassification (audio)",
+    "token_classification": "AutoModelForCTC",
+    "causal_lm": "AutoModelForCausalLM",
+}

@@ -98,6 +98,13 @@ class Task(ABC):
     @abstractmethod
     def metrics(self) -> MetricAccumulator: ...
 
+    def inference_preprocessor(self, preprocessor: Any) -> Any:
+        """What an exported model directory saves to turn raw inputs into model inputs and
+        outputs back into text: ``preprocessor`` (the source's tokenizer or feature extractor)
+        unless the task's outputs need one of their own (a CTC vocabulary). Called after
+        :meth:`build_data`; the result must have ``save_pretrained``."""
+        return preprocessor
+
 
 @dataclass(frozen=True)
 class TaskPlugin:

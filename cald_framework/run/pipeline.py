@@ -18,7 +18,7 @@ from ..spec import ValidatedSpec
 from .align import align_student
 from .choose import choose_guidance, log_choice
 from .convert import convert_student, evaluate_converted
-from .export import export_student
+from .export import export_student, write_student_card
 from .prepare import prepare, processes
 from .report import RunResults, report_run
 from .teachers import resolve_teachers
@@ -58,4 +58,6 @@ def _run_stages(validated: ValidatedSpec, resume: bool) -> RunResults | None:
     if not main:
         return None
     export_student(context, trained.model)
-    return report_run(context, teachers, trained, initial_metrics, started, alignment, choice)
+    results = report_run(context, teachers, trained, initial_metrics, started, alignment, choice)
+    write_student_card(context, trained.model, results)
+    return results

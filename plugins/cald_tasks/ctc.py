@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
 from cald_framework.contracts import (
     CaldOutput,
@@ -145,6 +147,27 @@ def ctc_loss(logits: torch.Tensor, frame_mask: torch.Tensor, labels: torch.Tenso
     )
 
 
+def ctc_processor(feature_extractor: Any, vocabulary: CharVocabulary) -> Wav2Vec2Processor:
+    """``feature_extractor`` with a tokenizer that decodes ``vocabulary`` ids the CTC way.
+
+    The blank is the tokenizer's padding token, which transformers' CTC decoding drops after
+    collapsing repeats; there are no sentence-start or -end tokens, so the tokenizer has
+    exactly the head's outputs.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = Path(folder) / "vocab.json"
+        vocab_file.write_text(json.dumps(vocabulary.ids), encoding="utf-8")
+        tokenizer = Wav2Vec2CTCTokenizer(
+            str(vocab_file),
+            pad_token=vocabulary.tokens[0],
+            unk_token=UNKNOWN,
+            word_delimiter_token=WORD_DELIMITER,
+            bos_token=None,
+            eos_token=None,
+        )
+    return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
 class TranscriptAccumulator(MetricAccumulator):
     def __init__(self, vocabulary: CharVocabulary):
         self.vocabulary = vocabulary
@@ -201,6 +224,18 @@ class CtcAsrTask(AudioModality, Task):
             normalize_transcript(text, case) for text in transcripts if isinstance(text, str)
         )
 
+    def inference_preprocessor(self, preprocessor: Any) -> Wav2Vec2Processor:
+        """The feature extractor with a CTC tokenizer over the vocabulary, as ASR pipelines use."""
+        return ctc_processor(preprocessor, self.built_vocabulary())
+
+    def built_vocabulary(self) -> CharVocabulary:
+        if self.vocabulary is None:
+            raise CaldError(
+                f"{self.name}: build_data must run before metrics or export "
+                "(it builds the vocabulary)"
+            )
+        return self.vocabulary
+
     def loss(self, output: CaldOutput, batch: Mapping[str, Any]) -> torch.Tensor:
         return ctc_loss(output.logits, output.hidden_mask, batch["labels"])
 
@@ -210,8 +245,4 @@ class CtcAsrTask(AudioModality, Task):
         return output.logits, output.hidden_mask
 
     def metrics(self) -> MetricAccumulator:
-        if self.vocabulary is None:
-            raise CaldError(
-                f"{self.name}: build_data must run before metrics (it builds the vocabulary)"
-            )
-        return TranscriptAccumulator(self.vocabulary)
+        return TranscriptAccumulator(self.built_vocabulary())

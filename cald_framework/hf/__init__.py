@@ -1,0 +1,1 @@
+"""Students as Hugging Face models: Auto classes, the exported directory, the model card."""
