@@ -1,4 +1,5 @@
-"""Modes with a frozen teacher: ``target`` always, ``hybrid`` until ``T_h``, then none."""
+"""Modes with a frozen teacher: ``target`` always, ``hybrid`` until ``T_h``, then none (or,
+with ``keep_kd_after_switch``, its logits alone)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,23 @@ class TargetSchedule(FrozenTeacherSchedule):
         self.weights = context.weights
 
     def plan(self, step: int) -> StepPlan:
-        if not self.weights.needs_teacher:
-            return StepPlan(self.weights, uses_teacher=False)
+        return self.plan_with(self.weights)
+
+    def plan_with(self, weights: LossWeights) -> StepPlan:
+        """A step with ``weights``; the target teacher is loaded when a term first needs it."""
+        if not weights.needs_teacher:
+            return StepPlan(weights, uses_teacher=False)
         if self.teacher is None:
             self.teacher = self.context.prepare_teacher(self.context.require("target")())
-        return StepPlan(self.weights, uses_teacher=True)
+        return StepPlan(weights, uses_teacher=True)
 
 
 class HybridOptions(PluginOptions):
     #: guided steps: a number of steps, or a fraction of the run in (0, 1)
     T_h: int | float = Field(gt=0)
+    #: after ``T_h`` keep the logit-distillation term (and so the teacher), dropping only the
+    #: layer loss: the paper's TED-LIUM hybrid, whose code set only alpha_LD to 0 at the switch
+    keep_kd_after_switch: bool = False
 
     @field_validator("T_h")
     @classmethod
@@ -48,15 +56,18 @@ class HybridOptions(PluginOptions):
 
 
 class HybridSchedule(TargetSchedule):
-    """Target guidance for the first ``T_h`` steps, then the task loss alone and no teacher."""
+    """Target guidance for the first ``T_h`` steps, then the task loss alone and no teacher
+    (or the task and logit-distillation terms, when ``keep_kd_after_switch``)."""
 
     def __init__(self, options: HybridOptions, context: GuidanceContext):
         super().__init__(NoOptions(), context)
         self.switch = options.switch_step(context.total_steps)
-        self.unguided = LossWeights(task=context.weights.task)
+        kept_kd = context.weights.kd if options.keep_kd_after_switch else 0.0
+        self.after_switch = LossWeights(task=context.weights.task, kd=kept_kd)
 
     def plan(self, step: int) -> StepPlan:
         if step < self.switch:
             return super().plan(step)
-        self.teacher = None  # frees the teacher for the rest of the run
-        return StepPlan(self.unguided, uses_teacher=False)
+        if not self.after_switch.needs_teacher:
+            self.teacher = None  # frees the teacher for the rest of the run
+        return self.plan_with(self.after_switch)
