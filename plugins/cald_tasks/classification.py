@@ -20,6 +20,7 @@ from cald_framework.contracts import (
 )
 from cald_framework.errors import CaldError
 
+from .balance import TRANSCRIPT_LENGTH, WithTranscriptLength, normalised_loss
 from .collate import Collator
 from .encoding import encode_splits
 from .labels import ColumnLabeler, Labeler, LabelIndex
@@ -97,14 +98,19 @@ class ClassificationTask(Task):
 
     def build_data(self, preprocessor: Any, seed: int) -> TaskData:
         inputs = self.inputs(preprocessor)
-        raw = load_splits(self.options, seed, [*self.input_columns(), *self.label_columns()])
+        transcript = self.options.transcript_column
+        loss_columns = [] if transcript is None else [transcript]
+        raw = load_splits(
+            self.options, seed, [*self.input_columns(), *self.label_columns(), *loss_columns]
+        )
         labels = LabelIndex.build(
             self.labeler(raw.train.rows), raw.train.rows, raw.train.origins, self.fixed_labels()
         )
         self.label_names = labels.names
-        splits = encode_splits(self.options, raw, LabelledEncoder(inputs, labels))
+        target = labels if transcript is None else WithTranscriptLength(labels, transcript)
+        splits = encode_splits(self.options, raw, LabelledEncoder(inputs, target))
         return splits.task_data(
-            self.collator(inputs),
+            self.collator(inputs, counts=(TRANSCRIPT_LENGTH,) if transcript else ()),
             HeadSpec("classification", len(labels.names)),
             self.metadata(labels),
         )
@@ -114,7 +120,8 @@ class ClassificationTask(Task):
         return {"label_names": list(labels.names)}
 
     def loss(self, output: CaldOutput, batch: Mapping[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(upcast(output.logits), batch["labels"])
+        row_losses = F.cross_entropy(upcast(output.logits), batch["labels"], reduction="none")
+        return normalised_loss(row_losses, batch, self.options.loss_normalisation)
 
     def kd_logits(
         self, output: CaldOutput, batch: Mapping[str, Any]
