@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import Wav2Vec2FeatureExtractor
+from cald_testing.models import TINY_MODELS
+from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
 from cald_framework.contracts import CaldOutput
+from cald_framework.run.prepare import RunContext
+from cald_framework.run.teachers import teacher_cache_key
 from cald_framework.spec import load_spec
 from cald_framework.testing.audio import write_tone
 
@@ -34,6 +37,7 @@ def in_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "a.wav,alarm,set,wake me up at seven,train",
             "a.wav,iot,hue_lightoff,lights off,train",
             "a.wav,alarm,query,what alarms do i have,train",
+            "a.wav,alarm,set,wake me up,validation",
         ]),
         "voxceleb1": ("path,speaker,split", ["a.wav,id1,train", "a.wav,id2,train", "a.wav,id1,train"]),
         "tedlium": ("path,transcript,split", ["a.wav,hello,train"]),
@@ -78,3 +82,36 @@ def test_weight_decay_and_the_exponential_floor(in_data_dir: Path, task: str) ->
     assert (training.schedule, training.min_lr_ratio, training.decay_steps) == (
         "exponential", pytest.approx(1.5e-6 / 3e-4), 75000
     )
+
+
+#: speech/hyperparams.py, passed to Wav2Vec2ForCTC.from_pretrained by speech/models/build.py
+#: (layerdrop: the checkpoint's own, which the code kept)
+REFERENCE_CONFIG = {
+    "mask_time_prob": 0.1,
+    "feat_proj_dropout": 0.2,
+    "hidden_dropout": 0.2,
+    "activation_dropout": 0.2,
+    "layerdrop": 0.1,
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_teacher_and_student_regularise_as_the_paper_did(in_data_dir: Path, task: str) -> None:
+    spec = _spec(task).spec
+    assert spec.teacher.config == REFERENCE_CONFIG and spec.student.config == REFERENCE_CONFIG
+
+
+def test_the_teacher_config_reaches_the_loaded_teacher_and_the_cache_key(in_data_dir: Path) -> None:
+    _, config, _ = TINY_MODELS["wav2vec2-stable"]
+    settings = dict(config)
+    AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings)).save_pretrained("tiny")
+    Wav2Vec2FeatureExtractor().save_pretrained("tiny")
+    overrides = ["teacher.model=./tiny", "task.cache_dir=cache"]
+    context = RunContext.from_spec(load_spec(SPECS / "speech-wav2vec2-bimamba2-slurp.toml", overrides))
+    loaded = context.source_model.backbone.config
+    assert {key: getattr(loaded, key) for key in REFERENCE_CONFIG} == REFERENCE_CONFIG
+    assert loaded.apply_spec_augment
+    plain = RunContext.from_spec(
+        load_spec(SPECS / "speech-wav2vec2-bimamba2-slurp.toml", [*overrides, "teacher.config={}"])
+    )
+    assert teacher_cache_key(plain) != teacher_cache_key(context)

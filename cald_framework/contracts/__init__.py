@@ -45,7 +45,7 @@ from .options import (
     ScheduleName,
     lacks_schedule_floor,
 )
-from .sources import AttentionSlot, PaddingState, SourceFamily, SourcePlugin
+from .sources import NO_OVERRIDES, AttentionSlot, PaddingState, SourceFamily, SourcePlugin
 from .tasks import CaldOutput, HeadSpec, MetricAccumulator, Modality, Task, TaskData, TaskPlugin
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "MixerContext",
     "MixerPlugin",
     "Modality",
+    "NO_OVERRIDES",
     "NoOptions",
     "PaddingState",
     "PluginOptions",

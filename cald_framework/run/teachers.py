@@ -54,6 +54,8 @@ def teacher_cache_key(context: RunContext) -> str:
         "seed": spec.experiment.seed,
         "cald_framework": __version__,
     }
+    if spec.teacher.config:  # absent when empty, so that caches from before it stay valid
+        key["config"] = spec.teacher.config
     encoded = json.dumps(key, sort_keys=True).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
 

@@ -8,6 +8,7 @@ common ones by the guidance mode, and ``[guidance.extractor_options]`` by the ex
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -84,7 +85,24 @@ class TrainingSection(Section):
         return self
 
 
-class TeacherSection(Section):
+class ModelConfigSection(Section):
+    """A model's section, with overrides of its library config."""
+
+    #: settings of the model's Hugging Face config (any key it has: ``mask_time_prob``,
+    #: ``layerdrop``, dropouts ...) applied over the source family's own
+    config: dict[str, Any] = {}
+
+    @field_validator("config")
+    @classmethod
+    def _finite_numbers(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        for key, value in settings.items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(item, float) and not math.isfinite(item) for item in values):
+                raise ValueError(f"{key} = {value}: numbers must be finite")
+        return settings
+
+
+class TeacherSection(ModelConfigSection):
     #: source model plugin name
     source: str
     #: pretrained model: hub id, local directory or ``asset:NAME``
@@ -104,7 +122,7 @@ class TeacherSection(Section):
     finetune: dict[str, Any] = {}
 
 
-class StudentSection(Section):
+class StudentSection(ModelConfigSection):
     #: mixer plugin name
     mixer: str
     mixer_options: dict[str, Any] = {}
