@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import datasets
 import torch
@@ -32,6 +32,7 @@ from .rows import LabelledEncoder
 from .tensors import upcast
 
 Scores = Callable[[list[int], list[int]], dict[str, float]]
+HeadKind = Literal["classification", "first_token_classification"]
 
 
 class PredictionAccumulator(MetricAccumulator):
@@ -68,7 +69,8 @@ def accuracy_scores(predictions: list[int], references: list[int]) -> dict[str, 
 
 
 class ClassificationTask(Task):
-    """Mean-pooled linear head over the labels found in (or fixed for) the training rows."""
+    """A classification head (mean-pooled linear by default) over the labels found in (or fixed
+    for) the training rows."""
 
     name: ClassVar[str]
     primary_metric: ClassVar[str] = "accuracy"
@@ -111,9 +113,12 @@ class ClassificationTask(Task):
         splits = encode_splits(self.options, raw, LabelledEncoder(inputs, target))
         return splits.task_data(
             self.collator(inputs, counts=(TRANSCRIPT_LENGTH,) if transcript else ()),
-            HeadSpec("classification", len(labels.names)),
+            HeadSpec(self.head_kind(), len(labels.names)),
             self.metadata(labels),
         )
+
+    def head_kind(self) -> HeadKind:
+        return "classification"
 
     def metadata(self, labels: LabelIndex) -> dict[str, Any]:
         """What the exported model keeps: the label of each output."""
@@ -142,9 +147,19 @@ class ClassificationTask(Task):
         return self.label_names
 
 
+#: the head kind of each ``head`` option of text classification
+TEXT_HEADS: dict[str, HeadKind] = {
+    "mean-linear": "classification",
+    "first-token-tanh": "first_token_classification",
+}
+
+
 class TextClassificationTask(TextModality, ClassificationTask):
     name = "text-classification"
     options: TextClassificationOptions
+
+    def head_kind(self) -> HeadKind:
+        return TEXT_HEADS[self.options.head]
 
 
 class AudioClassificationTask(AudioModality, ClassificationTask):

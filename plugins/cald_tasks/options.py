@@ -132,6 +132,9 @@ class LossBalanceOptions(DocumentedOptions):
 
 
 class TextClassificationOptions(TextOptions, LabelOptions, LossBalanceOptions):
+    head: Literal["mean-linear", "first-token-tanh"] = "mean-linear"
+    """The classifier: a linear layer on the mean of the tokens, or RoBERTa's head on the first
+    token (dense, tanh, linear), which the paper's NLP code used."""
     text_pair_column: str | None = None
     max_length: int = Field(default=512, ge=2)
     """Tokens per row; longer rows are truncated (a pair loses tokens from its longer side)."""
