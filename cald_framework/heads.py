@@ -22,6 +22,25 @@ class MeanPoolClassifier(nn.Module):
         return self.classifier(pooled)
 
 
+class FirstTokenClassifier(nn.Module):
+    """RoBERTa's sequence head: the first position (``<s>``) through dropout, a dense layer,
+    tanh, dropout and a linear layer (``RobertaClassificationHead``, at RoBERTa's 0.1 dropout).
+    The paper's NLP code used it; a student converted from a teacher with it starts from the
+    teacher's head."""
+
+    dropout_rate = 0.1
+
+    def __init__(self, d_model: int, num_labels: int):
+        super().__init__()
+        self.dropout = nn.Dropout(self.dropout_rate)
+        self.dense = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, num_labels)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.dense(self.dropout(features[:, 0])))
+        return self.out_proj(self.dropout(hidden))
+
+
 class TokenClassifier(nn.Module):
     """A linear layer at every position (CTC, frame or token labels)."""
 
@@ -35,6 +54,7 @@ class TokenClassifier(nn.Module):
 
 _HEADS: dict[str, type[nn.Module]] = {
     "classification": MeanPoolClassifier,
+    "first_token_classification": FirstTokenClassifier,
     "token_classification": TokenClassifier,
 }
 

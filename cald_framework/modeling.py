@@ -8,6 +8,7 @@ plugin registries and then loads the weights from safetensors (never from a pick
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -61,6 +62,7 @@ class CaldConfig(PretrainedConfig):
         task_metadata: dict[str, Any] | None = None,
         source_model: str | None = None,
         kept_attention: list[int] | None = None,
+        config_overrides: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         #: registered name of the source family
@@ -81,6 +83,9 @@ class CaldConfig(PretrainedConfig):
         self.source_model = source_model
         #: layers whose attention a student kept (a hybrid); mixers replace only the others
         self.kept_attention = sorted(kept_attention or [])
+        #: settings of the backbone's config applied over the family's own (``[teacher.config]``
+        #: or ``[student.config]``), kept so that a reloaded model is built the same way
+        self.config_overrides = dict(config_overrides or {})
         super().__init__(**kwargs)
 
     @property
@@ -110,23 +115,46 @@ def keep_output(
     states[index] = output[0] if isinstance(output, tuple) else output
 
 
+@dataclasses.dataclass
+class LayerRecording:
+    """The inputs and outputs of the layers that ran in one forward, by 1-based layer index."""
+
+    inputs: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    outputs: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def residual_stream(self, num_layers: int) -> tuple[torch.Tensor, ...]:
+        """The stream before layer 1 and after each layer; a layer that LayerDrop skipped left
+        the stream as it was, so its state repeats the one before it (as the libraries' own
+        ``hidden_states`` do), and teacher and student layers still pair one to one."""
+        if not self.outputs:
+            raise RuntimeError("no layer ran in this forward, so no hidden state was recorded")
+        states = [self.inputs[min(self.outputs)]]
+        for index in range(1, num_layers + 1):
+            states.append(self.outputs.get(index, states[-1]))
+        return tuple(states)
+
+
 @contextmanager
-def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the input of the first layer and the output of every layer during one forward.
+def _recording(layers: Sequence[nn.Module]) -> Iterator[LayerRecording]:
+    """Record the input and the output of every layer that runs during one forward.
 
     Hooks see the residual stream itself, before any final norm, whatever the library returns
     with ``output_hidden_states``; they are removed at once, so a recomputation during
     activation checkpointing records nothing.
     """
-    states: dict[int, torch.Tensor] = {}
-    first = layers[0].register_forward_pre_hook(partial(keep_input, states, 0), with_kwargs=True)
-    handles = [first]
-    handles += [
-        layer.register_forward_hook(partial(keep_output, states, index))
+    recording = LayerRecording()
+    handles = [
+        hook
         for index, layer in enumerate(layers, start=1)
+        for hook in (
+            layer.register_forward_pre_hook(
+                partial(keep_input, recording.inputs, index), with_kwargs=True
+            ),
+            layer.register_forward_hook(partial(keep_output, recording.outputs, index)),
+        )
     ]
     try:
-        yield states
+        yield recording
     finally:
         for handle in handles:
             handle.remove()
@@ -224,7 +252,9 @@ class CaldModel(PreTrainedModel):
         self.family = (source or _registries().sources.get(config.source)).family()
         self.head_spec = config.head_spec
         if backbone is None:
-            backbone = self.family.backbone_from_config(config.source_config, self.head_spec)
+            backbone = self.family.backbone_from_config(
+                config.source_config, self.head_spec, config.config_overrides
+            )
         self.backbone = backbone
         self.head = build_head(self.head_spec, self.family.dimensions(backbone)[0])
         #: parameters that mixers share across layers (``MixerContext.shared``)
@@ -255,14 +285,17 @@ class CaldModel(PreTrainedModel):
         max_length: int | None = None,
         task_metadata: Mapping[str, Any] | None = None,
         source: SourcePlugin | None = None,
+        config_overrides: Mapping[str, Any] | None = None,
     ) -> CaldModel:
-        """A teacher with pretrained weights from ``model`` (hub id, directory or GGUF file).
+        """A teacher with pretrained weights from ``model`` (hub id, directory or GGUF file),
+        its backbone config changed by ``config_overrides``.
 
         Returned in eval mode, as ``from_pretrained`` returns models.
         """
         plugin = source or _registries().sources.get(source_name)
         family = plugin.family()
-        backbone = family.load_backbone(model, head)
+        overrides = dict(config_overrides or {})
+        backbone = family.load_backbone(model, head, overrides)
         config = CaldConfig(
             source=source_name,
             source_config=family.backbone_config(backbone),
@@ -270,6 +303,7 @@ class CaldModel(PreTrainedModel):
             max_sequence_length=max_length,
             task_metadata=dict(task_metadata or {}),
             source_model=model,
+            config_overrides=overrides,
         )
         return cls(config, source=plugin, backbone=backbone).eval()
 
@@ -283,6 +317,7 @@ class CaldModel(PreTrainedModel):
         max_length: int | None = None,
         task_metadata: Mapping[str, Any] | None = None,
         source: SourcePlugin | None = None,
+        config_overrides: Mapping[str, Any] | None = None,
     ) -> CaldModel:
         """A randomly initialised teacher from a backbone config dict (tests, tiny models)."""
         config = CaldConfig(
@@ -291,6 +326,7 @@ class CaldModel(PreTrainedModel):
             head=dataclasses.asdict(head),
             max_sequence_length=max_length,
             task_metadata=dict(task_metadata or {}),
+            config_overrides=dict(config_overrides or {}),
         )
         return cls(config, source=source)
 
@@ -343,6 +379,21 @@ class CaldModel(PreTrainedModel):
         self.config.mixer_options = validated.model_dump(mode="json")
         self.config.kept_attention = sorted(keep_attention)
 
+    def reconfigured(self, config_overrides: Mapping[str, Any]) -> CaldModel:
+        """This model, weights included, rebuilt with other backbone config overrides (a student
+        whose ``[student.config]`` differs from its teacher's ``[teacher.config]``).
+
+        Parameters that only one of the two configs has (wav2vec2's mask embedding exists only
+        while masking is on) are dropped, or kept at their initial values.
+        """
+        config = copy.deepcopy(self.config)
+        config.config_overrides = dict(config_overrides)
+        reference = next(self.parameters())
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+            model = type(self)(config)
+        model.load_state_dict(self.state_dict(), strict=False)
+        return model.to(device=reference.device, dtype=reference.dtype).train(self.training)
+
     @property
     def num_layers(self) -> int:
         """How many layers the backbone has (attention slots, kept or replaced)."""
@@ -355,13 +406,10 @@ class CaldModel(PreTrainedModel):
         mask = self.family.hidden_mask(self.backbone, inputs)
         self.padding_state.set(mask)
         layers = self.family.layers(self.backbone)
-        with _recording(layers) as states:
+        with _recording(layers) as recording:
             features = self.family.run(self.backbone, inputs, self.head_spec)
-        missing = [index for index in range(len(layers) + 1) if index not in states]
-        if missing:
-            raise RuntimeError(f"no hidden state recorded for layers {missing}: were they skipped?")
         logits = features if self.head is None else self.head(features, mask)
-        hidden_states = tuple(states[index] for index in range(len(layers) + 1))
+        hidden_states = recording.residual_stream(len(layers))
         return CaldOutput(logits=logits, hidden_states=hidden_states, hidden_mask=mask)
 
     # ----------------------------------------------------------------- saving and loading

@@ -132,6 +132,21 @@ def test_hybrid_stops_guidance_and_teacher_after_t_h(tmp_path: Path, t_h: float,
     assert _logged_terms(tmp_path) == [{"task", "kd", "ld"}] * guided + [{"task"}] * (6 - guided)
 
 
+def test_hybrid_can_keep_logit_distillation_after_t_h(tmp_path: Path) -> None:
+    log: list[str] = []
+    built: list[Counting] = []
+
+    def target() -> Counting:
+        built.append(Counting(TinyModel(seed=5), "target", log))
+        return built[-1]
+
+    options = {"T_h": 2, "keep_kd_after_switch": True}
+    _run("hybrid", tmp_path, AvailableTeachers(target=target), options, on_step_end=mark_steps(log))
+    assert len(built) == 1  # the same teacher gives the logits after the switch
+    assert calls_per_step(log) == [["target"]] * 6
+    assert _logged_terms(tmp_path) == [{"task", "kd", "ld"}] * 2 + [{"task", "kd"}] * 4
+
+
 @pytest.mark.parametrize(
     "value, message",
     [(1.0, "a fraction of the run must be below 1 (got 1.0); write a whole number for steps"),

@@ -74,3 +74,35 @@ def test_exponential_needs_a_floor() -> None:
     unchecked = TrainingSection.model_construct(schedule="exponential", min_lr_ratio=0.0)
     with pytest.raises(CaldError, match="training.min_lr_ratio must be above 0 for the exponential"):
         build_scheduler(optimizer, unchecked, total_steps=10)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential"])
+def test_decay_steps_reach_the_floor_early_and_stay_there(schedule: str) -> None:
+    def factor(step: int) -> float:
+        return lr_factor(step, schedule=schedule, total_steps=TOTAL, warmup_steps=WARMUP,  # type: ignore[arg-type]
+                         min_lr_ratio=FLOOR, decay_steps=8)
+
+    assert factor(WARMUP + 4) == pytest.approx(_factor(schedule, WARMUP + 8), abs=1e-15)
+    assert [factor(s) for s in range(WARMUP + 8, TOTAL + 5)] == pytest.approx([FLOOR] * 13)
+
+
+def test_the_paper_speech_schedule() -> None:
+    # speech/models/model.py: exp(-(step - W) * ln(max_lr / final_lr) / decay_steps) until the
+    # decay ends, then final_lr / max_lr; max 3e-4, final 1.5e-6, W = 5000, decay 75,000 steps
+    def reference(step: int) -> float:
+        if step < 80000:
+            return math.exp(-(step - 5000) * math.log(3e-4 / 1.5e-6) / 75000)
+        return 1.5e-6 / 3e-4
+
+    training = TrainingSection(
+        schedule="exponential", warmup_steps=5000, min_lr_ratio=0.005, decay_steps=75000
+    )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+    factor = build_scheduler(optimizer, training, total_steps=90000).lr_lambdas[0]
+    for step in (5000, 20000, 79999, 80000, 89999):
+        assert factor(step) == pytest.approx(reference(step), rel=1e-9)
+
+
+def test_decay_steps_need_a_floored_schedule() -> None:
+    with pytest.raises(ValidationError, match="decay_steps ends the decay at a floor, which schedule 'linear'"):
+        TrainingSection(schedule="linear", decay_steps=10)

@@ -48,7 +48,7 @@ from .options import (
     ScheduleName,
     lacks_schedule_floor,
 )
-from .sources import AttentionSlot, PaddingState, SourceFamily, SourcePlugin
+from .sources import NO_OVERRIDES, AttentionSlot, PaddingState, SourceFamily, SourcePlugin
 from .tasks import CaldOutput, HeadSpec, MetricAccumulator, Modality, Task, TaskData, TaskPlugin
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "MixerPlugin",
     "Modality",
     "ModeChoice",
+    "NO_OVERRIDES",
     "NoOptions",
     "PaddingState",
     "PluginOptions",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -53,6 +54,10 @@ class PaddingState:
         return self.mask
 
 
+#: no config overrides: the family's own settings
+NO_OVERRIDES: Mapping[str, Any] = MappingProxyType({})
+
+
 class SourceFamily(ABC):
     """Knows one model family: loading, where attention lives and how to swap it for a mixer.
 
@@ -70,12 +75,25 @@ class SourceFamily(ABC):
     slot_has_output: ClassVar[bool] = True
 
     @abstractmethod
-    def load_backbone(self, model: str, head: HeadSpec) -> nn.Module:
-        """Load pretrained weights from a hub id or a local directory."""
+    def load_backbone(
+        self, model: str, head: HeadSpec, config_overrides: Mapping[str, Any] = NO_OVERRIDES
+    ) -> nn.Module:
+        """Load pretrained weights from a hub id or a local directory.
+
+        ``config_overrides`` (the spec's ``[teacher.config]`` or ``[student.config]``) are
+        settings of the library's model config, applied over the family's own adjustments; a
+        family raises :class:`~cald_framework.errors.CaldError` for a key its config lacks.
+        """
 
     @abstractmethod
-    def backbone_from_config(self, config: Mapping[str, Any], head: HeadSpec) -> nn.Module:
-        """Build a randomly initialised backbone from a config dict (for tests and reloading)."""
+    def backbone_from_config(
+        self,
+        config: Mapping[str, Any],
+        head: HeadSpec,
+        config_overrides: Mapping[str, Any] = NO_OVERRIDES,
+    ) -> nn.Module:
+        """Build a randomly initialised backbone from a config dict (for tests and reloading),
+        with ``config_overrides`` as in :meth:`load_backbone`."""
 
     @abstractmethod
     def backbone_config(self, backbone: nn.Module) -> dict[str, Any]:

@@ -25,11 +25,14 @@ class HeadSpec:
 
     ``causal_lm`` asks the source for its language-model head (logits over the vocabulary);
     ``classification`` puts a linear layer after mean pooling over valid positions on the bare
-    backbone; ``token_classification`` a linear layer at every position (CTC). The host builds
+    backbone; ``first_token_classification`` RoBERTa's head on the first position (dense, tanh,
+    linear); ``token_classification`` a linear layer at every position (CTC). The host builds
     these heads from this record alone, so a saved model reloads without its task.
     """
 
-    kind: Literal["classification", "token_classification", "causal_lm"]
+    kind: Literal[
+        "classification", "first_token_classification", "token_classification", "causal_lm"
+    ]
     num_labels: int = 0
 
 

@@ -3,8 +3,9 @@
 :func:`lr_factor` is a pure function of the optimizer step, so the formulas can be checked on
 their own; :func:`build_scheduler` wraps it in a ``LambdaLR`` whose state is plain JSON.
 
-With ``W`` warm-up steps, ``S`` total steps, floor ``r = min_lr_ratio`` and the decay progress
-``p = (step - W) / max(1, S - W)``, the factor applied to ``lr`` at (0-based) ``step`` is:
+With ``W`` warm-up steps, ``S`` total steps, floor ``r = min_lr_ratio``, decay length
+``D = decay_steps`` (default ``S - W``) and the decay progress ``p = min(1, (step - W) / max(1, D))``
+(so after ``D`` decay steps the rate stays at its floor), the factor applied to ``lr`` at (0-based) ``step`` is:
 
 * warm-up (``step < W``): ``(step + 1) / W``, so the last warm-up step reaches the full rate;
 * ``constant``: ``1``;
@@ -33,11 +34,13 @@ def lr_factor(
     total_steps: int,
     warmup_steps: int,
     min_lr_ratio: float = 0.0,
+    decay_steps: int | None = None,
 ) -> float:
     """The multiple of the base learning rate used by the optimizer update at ``step``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay_length = total_steps - warmup_steps if decay_steps is None else decay_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, decay_length))
     if schedule == "constant":
         return 1.0
     if schedule == "linear":
@@ -67,5 +70,6 @@ def build_scheduler(optimizer: Optimizer, training: TrainingSection, total_steps
         total_steps=total_steps,
         warmup_steps=warmup_steps_for(training, total_steps),
         min_lr_ratio=training.min_lr_ratio,
+        decay_steps=training.decay_steps,
     )
     return LambdaLR(optimizer, factor)

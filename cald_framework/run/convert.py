@@ -17,12 +17,13 @@ def build_student(
     """The spec's student converted from ``teacher``, its new weights drawn from the spec's seed.
 
     With no ``max_length`` (``None``) the mixers get 0: no limit on the sequence length. The
-    layers in ``student.keep_attention`` keep their attention.
+    layers in ``student.keep_attention`` keep their attention. Its backbone config takes
+    ``[student.config]`` in place of the teacher's ``[teacher.config]``.
     """
     validated = context.validated
     max_length = 0 if context.max_length is None else context.max_length
     with seeded(context.spec.experiment.seed):
-        return convert(
+        student, transfer = convert(
             teacher,
             validated.mixer,
             validated.mixer_options,
@@ -30,6 +31,10 @@ def build_student(
             init_from=init_from,
             keep_attention=context.spec.student.keep_attention,
         )
+    overrides = context.spec.student.config
+    if student.config.config_overrides != overrides:
+        student = student.reconfigured(overrides)
+    return student, transfer
 
 
 def convert_student(context: RunContext, teachers: RunTeachers) -> CaldModel:

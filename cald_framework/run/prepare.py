@@ -145,6 +145,7 @@ class RunContext:
                     max_length=self.max_length,
                     task_metadata=self.data.metadata,
                     source=self.validated.source,
+                    config_overrides=spec.teacher.config,
                 ).eval()
             else:
                 model = CaldModel.from_source(
@@ -154,6 +155,7 @@ class RunContext:
                     max_length=self.max_length,
                     task_metadata=self.data.metadata,
                     source=self.validated.source,
+                    config_overrides=spec.teacher.config,
                 )
         check_vocabulary(self.preprocessor, model, self.teacher_model)
         check_positions(model, self.max_length, self.teacher_model)

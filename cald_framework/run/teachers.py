@@ -57,6 +57,8 @@ def teacher_cache_key(context: RunContext) -> str:
     }
     if spec.teacher.init != "pretrained":  # keys of pretrained teachers stay as they were
         key["init"] = spec.teacher.init
+    if spec.teacher.config:  # absent when empty, so that caches from before it stay valid
+        key["config"] = spec.teacher.config
     encoded = json.dumps(key, sort_keys=True).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
 

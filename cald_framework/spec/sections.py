@@ -8,6 +8,7 @@ common ones by the guidance mode, and ``[guidance.extractor_options]`` by the ex
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -32,6 +33,10 @@ class ExperimentSection(Section):
     teacher_cache: str | None = None
 
 
+#: the schedules that decay toward ``min_lr_ratio`` (the others ignore it)
+FLOORED_SCHEDULES = ("cosine", "exponential")
+
+
 class TrainingSection(Section):
     """Optimisation settings of the student (and, through ``[teacher.finetune]``, of the teacher)."""
 
@@ -45,6 +50,9 @@ class TrainingSection(Section):
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     #: floor of the cosine and exponential schedules, as a fraction of ``lr``
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    #: steps the cosine or exponential decay takes after warm-up, after which the rate stays at
+    #: the floor (the paper's speech code: 75,000); default: the decay lasts to the last step
+    decay_steps: int | None = Field(default=None, gt=0)
     epochs: float = Field(default=1.0, gt=0)
     #: stop after this many optimizer steps (overrides ``epochs``)
     max_steps: int | None = Field(default=None, gt=0)
@@ -69,10 +77,32 @@ class TrainingSection(Section):
     def _exponential_needs_a_floor(self) -> TrainingSection:
         if lacks_schedule_floor(self.schedule, self.min_lr_ratio):
             raise ValueError("schedule 'exponential' decays toward min_lr_ratio: set it above 0")
+        if self.decay_steps is not None and self.schedule not in FLOORED_SCHEDULES:
+            raise ValueError(
+                f"decay_steps ends the decay at a floor, which schedule {self.schedule!r} does "
+                f"not have: use one of {', '.join(FLOORED_SCHEDULES)}"
+            )
         return self
 
 
-class TeacherSection(Section):
+class ModelConfigSection(Section):
+    """A model's section, with overrides of its library config."""
+
+    #: settings of the model's Hugging Face config (any key it has: ``mask_time_prob``,
+    #: ``layerdrop``, dropouts ...) applied over the source family's own
+    config: dict[str, Any] = {}
+
+    @field_validator("config")
+    @classmethod
+    def _finite_numbers(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        for key, value in settings.items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(item, float) and not math.isfinite(item) for item in values):
+                raise ValueError(f"{key} = {value}: numbers must be finite")
+        return settings
+
+
+class TeacherSection(ModelConfigSection):
     #: source model plugin name
     source: str
     #: pretrained model: hub id, local directory or ``asset:NAME``
@@ -115,7 +145,7 @@ class LoraSection(Section):
     )
 
 
-class StudentSection(Section):
+class StudentSection(ModelConfigSection):
     #: mixer plugin name
     mixer: str
     mixer_options: dict[str, Any] = {}

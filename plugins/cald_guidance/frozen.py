@@ -1,5 +1,6 @@
 """Modes with a frozen teacher: ``target`` always, ``hybrid`` until ``T_h`` (a step, a share of
-the run, or the layer loss's plateau), then none."""
+the run, or the layer loss's plateau), then none (or, with ``keep_kd_after_switch``, its logits
+alone)."""
 
 from __future__ import annotations
 
@@ -27,17 +28,24 @@ class TargetSchedule(FrozenTeacherSchedule):
         self.weights = context.weights
 
     def plan(self, step: int) -> StepPlan:
-        if not self.weights.needs_teacher:
-            return StepPlan(self.weights, uses_teacher=False)
+        return self.plan_with(self.weights)
+
+    def plan_with(self, weights: LossWeights) -> StepPlan:
+        """A step with ``weights``; the target teacher is loaded when a term first needs it."""
+        if not weights.needs_teacher:
+            return StepPlan(weights, uses_teacher=False)
         if self.teacher is None:
             self.teacher = self.context.prepare_teacher(self.context.require("target")())
-        return StepPlan(self.weights, uses_teacher=True)
+        return StepPlan(weights, uses_teacher=True)
 
 
 class HybridOptions(PlateauOptions):
     #: guided steps: a number of steps, a fraction of the run in (0, 1), or ``"plateau"``:
     #: until the layer loss stops improving (see :mod:`.plateau` and its options)
     T_h: int | float | Literal["plateau"]
+    #: after ``T_h`` keep the logit-distillation term (and so the teacher), dropping only the
+    #: layer loss: the paper's TED-LIUM hybrid, whose code set only alpha_LD to 0 at the switch
+    keep_kd_after_switch: bool = False
 
     @field_validator("T_h")
     @classmethod
@@ -67,12 +75,14 @@ class HybridOptions(PlateauOptions):
 
 
 class HybridSchedule(TargetSchedule):
-    """Target guidance for the first ``T_h`` steps, then the task loss alone and no teacher."""
+    """Target guidance for the first ``T_h`` steps, then the task loss alone and no teacher
+    (or the task and logit-distillation terms, when ``keep_kd_after_switch``)."""
 
     def __init__(self, options: HybridOptions, context: GuidanceContext):
         super().__init__(NoOptions(), context)
         self.switch = options.switch_step(context.total_steps)
-        self.unguided = LossWeights(task=context.weights.task)
+        kept_kd = context.weights.kd if options.keep_kd_after_switch else 0.0
+        self.after_switch = LossWeights(task=context.weights.task, kd=kept_kd)
         self.plateau: PlateauSwitch | None = None
         if self.switch is None:
             self.plateau = PlateauSwitch(options, context.weights)
@@ -81,8 +91,9 @@ class HybridSchedule(TargetSchedule):
     def plan(self, step: int) -> StepPlan:
         if self.switch is None or step < self.switch:
             return super().plan(step)
-        self.teacher = None  # frees the teacher for the rest of the run
-        return StepPlan(self.unguided, uses_teacher=False)
+        if not self.after_switch.needs_teacher:
+            self.teacher = None  # frees the teacher for the rest of the run
+        return self.plan_with(self.after_switch)
 
     def observe(self, step: int, losses: Mapping[str, float]) -> Mapping[str, Any] | None:
         assert self.plateau is not None  # only plateau switches observe

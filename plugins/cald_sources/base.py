@@ -24,7 +24,13 @@ from transformers import (
     PretrainedConfig,
 )
 
-from cald_framework.contracts import AttentionSlot, HeadSpec, PaddingState, SourceFamily
+from cald_framework.contracts import (
+    NO_OVERRIDES,
+    AttentionSlot,
+    HeadSpec,
+    PaddingState,
+    SourceFamily,
+)
 from cald_framework.errors import CaldError, CheckpointError
 
 from .wiring import NO_ATTENTION, MixerSlot
@@ -43,6 +49,31 @@ def locate(model: str) -> tuple[str, dict[str, str]]:
         path = Path(model)
         return str(path.parent), {"gguf_file": path.name}
     return model, {}
+
+
+def check_override(config: PretrainedConfig, key: str, value: Any) -> None:
+    """Refuse a key ``config`` does not have, a value of another kind than its current one,
+    and a dropout or probability outside [0, 1]."""
+    where = f"config override {key} = {value!r}"
+    if key not in config.to_dict():
+        raise CaldError(f"{where}: {type(config).__name__} has no setting {key!r}")
+    current = getattr(config, key)
+    if current is not None and _kind(value) != _kind(current):
+        raise CaldError(
+            f"{where}: {type(config).__name__}.{key} is a {_kind(current)}, not a {_kind(value)}"
+        )
+    if _is_probability(key) and not 0 <= value <= 1:
+        raise CaldError(f"{where}: a dropout or probability must lie in [0, 1]")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _is_probability(key: str) -> bool:
+    return key.endswith(("dropout", "_prob", "layerdrop"))
 
 
 #: never run code shipped with a checkpoint (unset, transformers would ask on a terminal)
@@ -86,7 +117,9 @@ class TransformersFamily(SourceFamily):
         if problem:
             raise CheckpointError(f"cannot load {self.name} model {model!r}: {location} {problem}")
 
-    def load_backbone(self, model: str, head: HeadSpec) -> nn.Module:
+    def load_backbone(
+        self, model: str, head: HeadSpec, config_overrides: Mapping[str, Any] = NO_OVERRIDES
+    ) -> nn.Module:
         location, extra = locate(model)
         self._check_local(model, location, extra, config=True)
         model_class = self._model_class(head)
@@ -94,7 +127,7 @@ class TransformersFamily(SourceFamily):
             settings = AutoConfig.from_pretrained(location, **extra, **NO_REMOTE_CODE)
             backbone = model_class.from_pretrained(
                 location,
-                config=self.prepare_config(settings),
+                config=self.configure(settings, config_overrides),
                 dtype=torch.float32,
                 **extra,
                 **NO_REMOTE_CODE,
@@ -110,7 +143,12 @@ class TransformersFamily(SourceFamily):
             ) from error
         return self.adopt(backbone)
 
-    def backbone_from_config(self, config: Mapping[str, Any], head: HeadSpec) -> nn.Module:
+    def backbone_from_config(
+        self,
+        config: Mapping[str, Any],
+        head: HeadSpec,
+        config_overrides: Mapping[str, Any] = NO_OVERRIDES,
+    ) -> nn.Module:
         settings = dict(config)
         model_type = settings.get("model_type")
         if model_type not in CONFIG_MAPPING:
@@ -118,7 +156,7 @@ class TransformersFamily(SourceFamily):
                 f"{self.name} backbone config has model_type {model_type!r}, "
                 "which transformers does not know"
             )
-        hf_config = self.prepare_config(CONFIG_MAPPING[model_type].from_dict(settings))
+        hf_config = self.configure(CONFIG_MAPPING[model_type].from_dict(settings), config_overrides)
         backbone = self._model_class(head).from_config(hf_config, dtype=torch.float32)
         return self.adopt(backbone)
 
@@ -137,6 +175,21 @@ class TransformersFamily(SourceFamily):
 
     def prepare_config(self, config: PretrainedConfig) -> PretrainedConfig:
         """Adjust a config before the backbone is built (e.g. switch off stochastic layers)."""
+        return config
+
+    def implied_settings(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Settings that ``overrides`` need to take effect (e.g. a switch they sit behind)."""
+        return {}
+
+    def configure(
+        self, config: PretrainedConfig, overrides: Mapping[str, Any]
+    ) -> PretrainedConfig:
+        """The family's adjustments (:meth:`prepare_config`), then the spec's overrides."""
+        config = self.prepare_config(config)
+        for key, value in overrides.items():
+            check_override(config, key, value)
+        for key, value in {**self.implied_settings(overrides), **overrides}.items():
+            setattr(config, key, value)
         return config
 
     def adopt(self, backbone: nn.Module) -> nn.Module:

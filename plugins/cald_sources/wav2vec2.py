@@ -1,7 +1,10 @@
 """Speech encoders with the Wav2Vec2 layout: Wav2Vec2, HuBERT and WavLM base models.
 
-LayerDrop and SpecAugment masking are switched off so that a teacher and its student see the
-same frames and their hidden states stay comparable layer by layer. Hidden states are frames:
+LayerDrop and SpecAugment masking are switched off by default so that a teacher and its
+student see the same frames and their hidden states stay comparable layer by layer; the spec's
+``[teacher.config]`` and ``[student.config]`` may switch them on (the paper fine-tuned with
+``mask_time_prob = 0.1``), and a masking probability above 0 turns ``apply_spec_augment`` on
+with it. Hidden states are frames:
 the padding mask is derived from the sample-level ``attention_mask`` through the feature
 encoder's output lengths.
 """
@@ -9,6 +12,7 @@ encoder's output lengths.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +22,10 @@ from cald_framework.contracts import AttentionProjections, AttentionSlot
 from cald_framework.errors import CaldError
 
 from .base import TransformersFamily
+
+
+#: the config keys that switch SpecAugment masking on
+SPEC_AUGMENT_PROBABILITIES = ("mask_time_prob", "mask_feature_prob")
 
 
 class Wav2Vec2Family(TransformersFamily):
@@ -41,6 +49,10 @@ class Wav2Vec2Family(TransformersFamily):
         config.mask_feature_prob = 0.0
         config.apply_spec_augment = False
         return config
+
+    def implied_settings(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        masking = any(overrides.get(key, 0) > 0 for key in SPEC_AUGMENT_PROBABILITIES)
+        return {"apply_spec_augment": True} if masking else {}
 
     def attention_outputs(self, backbone: nn.Module) -> int:
         # WavLM's attention also returns the relative position bias it hands to the next layer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import datasets
 import torch
@@ -20,6 +20,7 @@ from cald_framework.contracts import (
 )
 from cald_framework.errors import CaldError
 
+from .balance import TRANSCRIPT_LENGTH, WithTranscriptLength, normalised_loss
 from .collate import Collator
 from .encoding import encode_splits
 from .labels import ColumnLabeler, Labeler, LabelIndex
@@ -31,6 +32,7 @@ from .rows import LabelledEncoder
 from .tensors import upcast
 
 Scores = Callable[[list[int], list[int]], dict[str, float]]
+HeadKind = Literal["classification", "first_token_classification"]
 
 
 class PredictionAccumulator(MetricAccumulator):
@@ -67,7 +69,8 @@ def accuracy_scores(predictions: list[int], references: list[int]) -> dict[str, 
 
 
 class ClassificationTask(Task):
-    """Mean-pooled linear head over the labels found in (or fixed for) the training rows."""
+    """A classification head (mean-pooled linear by default) over the labels found in (or fixed
+    for) the training rows."""
 
     name: ClassVar[str]
     primary_metric: ClassVar[str] = "accuracy"
@@ -97,24 +100,33 @@ class ClassificationTask(Task):
 
     def build_data(self, preprocessor: Any, seed: int) -> TaskData:
         inputs = self.inputs(preprocessor)
-        raw = load_splits(self.options, seed, [*self.input_columns(), *self.label_columns()])
+        transcript = self.options.transcript_column
+        loss_columns = [] if transcript is None else [transcript]
+        raw = load_splits(
+            self.options, seed, [*self.input_columns(), *self.label_columns(), *loss_columns]
+        )
         labels = LabelIndex.build(
             self.labeler(raw.train.rows), raw.train.rows, raw.train.origins, self.fixed_labels()
         )
         self.label_names = labels.names
-        splits = encode_splits(self.options, raw, LabelledEncoder(inputs, labels))
+        target = labels if transcript is None else WithTranscriptLength(labels, transcript)
+        splits = encode_splits(self.options, raw, LabelledEncoder(inputs, target))
         return splits.task_data(
-            self.collator(inputs),
-            HeadSpec("classification", len(labels.names)),
+            self.collator(inputs, counts=(TRANSCRIPT_LENGTH,) if transcript else ()),
+            HeadSpec(self.head_kind(), len(labels.names)),
             self.metadata(labels),
         )
+
+    def head_kind(self) -> HeadKind:
+        return "classification"
 
     def metadata(self, labels: LabelIndex) -> dict[str, Any]:
         """What the exported model keeps: the label of each output."""
         return {"label_names": list(labels.names)}
 
     def loss(self, output: CaldOutput, batch: Mapping[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(upcast(output.logits), batch["labels"])
+        row_losses = F.cross_entropy(upcast(output.logits), batch["labels"], reduction="none")
+        return normalised_loss(row_losses, batch, self.options.loss_normalisation)
 
     def kd_logits(
         self, output: CaldOutput, batch: Mapping[str, Any]
@@ -135,9 +147,19 @@ class ClassificationTask(Task):
         return self.label_names
 
 
+#: the head kind of each ``head`` option of text classification
+TEXT_HEADS: dict[str, HeadKind] = {
+    "mean-linear": "classification",
+    "first-token-tanh": "first_token_classification",
+}
+
+
 class TextClassificationTask(TextModality, ClassificationTask):
     name = "text-classification"
     options: TextClassificationOptions
+
+    def head_kind(self) -> HeadKind:
+        return TEXT_HEADS[self.options.head]
 
 
 class AudioClassificationTask(AudioModality, ClassificationTask):

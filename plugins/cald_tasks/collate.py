@@ -43,9 +43,9 @@ def length_mask(lengths: Sequence[int]) -> torch.Tensor:
 class Collator:
     """Pads model inputs to the longest row of the batch (never to a fixed length).
 
-    Returns ``{"inputs": {columns..., "attention_mask"}, "labels": ..., extras...}``; the mask
-    (integer, as tokenizers make it) comes from the length of the first input column. A
-    picklable object rather than a closure, so data-loader workers can use it.
+    Returns ``{"inputs": {columns..., "attention_mask"}, "labels": ..., extras..., counts...}``;
+    the mask (integer, as tokenizers make it) comes from the length of the first input column.
+    A picklable object rather than a closure, so data-loader workers can use it.
     """
 
     input_columns: tuple[str, ...]
@@ -56,6 +56,8 @@ class Collator:
     label_sequences: bool = False
     #: columns passed through as Python lists (e.g. reference transcripts)
     extras: tuple[str, ...] = ()
+    #: integer columns passed through as one ``long`` tensor each (e.g. transcript lengths)
+    counts: tuple[str, ...] = ()
 
     def __call__(self, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         inputs = {
@@ -74,4 +76,7 @@ class Collator:
             ),
         }
         batch.update({name: [str(row[name]) for row in rows] for name in self.extras})
+        batch.update(
+            {name: torch.as_tensor([row[name] for row in rows]).long() for name in self.counts}
+        )
         return batch

@@ -5,9 +5,10 @@ Each field's docstring becomes its description in the spec's JSON Schema, for ed
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from cald_framework.contracts import Location, PluginOptions
 
@@ -98,17 +99,52 @@ class AudioOptions(DataOptions):
     """Audio longer than max_seconds is cropped, or rejected as a bad row."""
 
 
-class TextClassificationOptions(TextOptions, LabelOptions):
+class LossBalanceOptions(DocumentedOptions):
+    loss_normalisation: Literal["none", "transcript_length"] | float = "none"
+    """What the cross-entropy is divided by, weighing it against the distillation terms as the
+    paper's speech code did. none: the mean over rows; transcript_length: the sum over rows
+    divided by the rows' summed transcript lengths in characters (read from transcript_column;
+    the paper's SLURP runs); a number: the mean divided by it (the paper's VoxCeleb1 runs: 3)."""
+    transcript_column: str | None = None
+    """The transcript of each row, for loss_normalisation = "transcript_length"."""
+
+    @field_validator("loss_normalisation", mode="before")
+    @classmethod
+    def _named_or_positive(cls, value: Any) -> Any:
+        named = value in ("none", "transcript_length")
+        positive = type(value) in (int, float) and 0 < value < math.inf
+        if not (named or positive):
+            raise ValueError(
+                f"must be 'none', 'transcript_length' or a number above 0, got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _transcript_column_with_its_normalisation(self) -> LossBalanceOptions:
+        by_length = self.loss_normalisation == "transcript_length"
+        if by_length and self.transcript_column is None:
+            raise ValueError("loss_normalisation = 'transcript_length' needs transcript_column")
+        if not by_length and self.transcript_column is not None:
+            raise ValueError(
+                "transcript_column is read only with loss_normalisation = 'transcript_length'"
+            )
+        return self
+
+
+class TextClassificationOptions(TextOptions, LabelOptions, LossBalanceOptions):
+    head: Literal["mean-linear", "first-token-tanh"] = "mean-linear"
+    """The classifier: a linear layer on the mean of the tokens, or RoBERTa's head on the first
+    token (dense, tanh, linear), which the paper's NLP code used."""
     text_pair_column: str | None = None
     max_length: int = Field(default=512, ge=2)
     """Tokens per row; longer rows are truncated (a pair loses tokens from its longer side)."""
 
 
-class AudioClassificationOptions(AudioOptions, LabelOptions):
+class AudioClassificationOptions(AudioOptions, LabelOptions, LossBalanceOptions):
     pass
 
 
-class IntentOptions(AudioOptions):
+class IntentOptions(AudioOptions, LossBalanceOptions):
     scenario_column: str = "scenario"
     action_column: str = "action"
     intent_column: str | None = None

@@ -7,7 +7,8 @@
 # Each run is named <spec>-<mode> (runs/paper/<name>/); the teachers' fine-tuning runs are shared
 # through runs/paper/teachers/, so each task's teacher is trained once. Extra settings per mode:
 #   unguided: the student starts from the pretrained (source) model, as in the paper's code
-#   hybrid:   T_h, the paper's number of guided steps for each task
+#   hybrid:   T_h, the paper's number of guided steps for each task; speech keeps its logit
+#             distillation after T_h (the paper's code set only alpha_LD to 0 at the switch)
 set -euo pipefail
 
 here=$(dirname "$0")
@@ -50,7 +51,7 @@ speech() {
         run "$spec" unguided student.init=source
         run "$spec" target
         run "$spec" waypoint
-        run "$spec" hybrid "guidance.T_h=${guided_steps[$task]}"
+        run "$spec" hybrid "guidance.T_h=${guided_steps[$task]}" guidance.keep_kd_after_switch=true
     done
 }
 
