@@ -16,7 +16,10 @@ def train_student(
     validated = context.validated
     spec = validated.spec
     guidance = GuidanceSetup(
-        validated.guidance, validated.guidance_options, teacher_providers(context, teachers)
+        validated.guidance,
+        validated.guidance_options,
+        teacher_providers(context, teachers),
+        teacher_training=validated.teacher_training,
     )
     return train(
         student,
