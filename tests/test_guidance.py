@@ -201,9 +201,10 @@ def test_trajectory_teacher_updates_every_t_u_steps(tmp_path: Path) -> None:
         for before, after in zip(snapshots, snapshots[1:])
     ]
     assert changed == [False, True] * 3
-    assert calls_per_step(log) == [["trajectory"] * 2] * 6
+    # on update steps, a train-mode forward learns and an eval-mode one gives the targets
+    assert calls_per_step(log) == [["trajectory"] * 2, ["trajectory"] * 4] * 3
     modes = {(training, inference) for training, inference, _ in teacher.conditions}
-    assert modes == {(False, True), (False, False)}  # inference mode except on update steps
+    assert modes == {(False, True), (True, False)}  # eval-mode targets; it learns with dropout
     checkpoint = open_checkpoint(tmp_path / "checkpoints" / "step-00000004")
     student_keys = set(checkpoint.part("model"))
     assert student_keys == set(TinyModel().state_dict())  # the teacher stays out of the student's file

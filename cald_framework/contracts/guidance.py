@@ -50,9 +50,10 @@ mode the run then trains with.
 * ``run_teacher(model, batch)``: a forward that nothing back-propagates into (inference mode,
   the teachers' precision);
 * ``trainable_teacher(model, updates=...)``: a teacher the mode trains alongside the student,
-  as a :class:`TeacherUpdater`. The host owns its optimizer (AdamW with the run's settings),
-  learning-rate schedule, precision, gradient-accumulation scaling, clipping, averaging of
-  gradients across processes, skipping of non-finite updates and checkpoint state.
+  as a :class:`TeacherUpdater`, trained in train mode (dropout on) with the teacher fine-tuning
+  run's settings. The host owns its optimizer (AdamW), learning-rate schedule, precision,
+  gradient-accumulation scaling, clipping, averaging of gradients across processes, skipping of
+  non-finite updates and checkpoint state.
 
 :class:`FrozenTeacherSchedule` is the base of modes whose teacher is fixed while in use (set
 ``self.teacher`` in ``plan``); :class:`TaskOnly` is the schedule without a teacher. A complete
@@ -254,8 +255,9 @@ class GuidanceContext(Protocol):
     ) -> TeacherUpdater:
         """``model`` prepared for training, with its own optimizer and schedule over ``updates``.
 
-        The settings default to the run's ``[training]`` ones (the same optimizer, betas, weight
-        decay, clipping and warm-up rules).
+        The settings default to the teacher fine-tuning run's (``[training]`` with
+        ``[teacher.finetune]`` applied: optimizer, betas, weight decay, clipping and warm-up
+        rules); its gradients accumulate over the student's micro-batches.
         """
         ...
 

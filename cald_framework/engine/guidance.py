@@ -2,8 +2,9 @@
 
 :class:`TrainerContext` is the :class:`~cald_framework.contracts.GuidanceContext` that schedules
 are built with: it hands out the run's teachers, runs frozen teacher forwards in the teachers'
-precision and builds :class:`~.teacher_updates.TrainableTeacher` updaters with the run's
-optimizer settings. :class:`GuidanceSetup` is what the pipeline passes to the trainer.
+precision and builds :class:`~.teacher_updates.TrainableTeacher` updaters with the teacher
+fine-tuning run's optimizer settings. :class:`GuidanceSetup` is what the pipeline passes to the
+trainer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..contracts import (
 from ..errors import CaldError
 from ..spec.sections import TrainingSection
 from .precision import Precision
-from .teacher_updates import TrainableTeacher
+from .teacher_updates import TrainableTeacher, frozen_forward
 
 _DESCRIPTIONS = {
     "source": "the source (pretrained) teacher",
@@ -51,6 +52,8 @@ class TrainerContext:
     weights: LossWeights
     task: Task
     training: TrainingSection
+    #: the teacher fine-tuning run's settings, which a teacher trained alongside the student uses
+    teacher_training: TrainingSection
     accelerator: Accelerator
     #: autocast of teacher forwards (``teachers.precision``, else the run's)
     teacher_precision: Precision
@@ -77,8 +80,7 @@ class TrainerContext:
         return self._place(model, trainable=False)
 
     def run_teacher(self, model: nn.Module, batch: Mapping[str, Any]) -> CaldOutput:
-        with torch.inference_mode(), self.teacher_precision.autocast():
-            return model(**batch["inputs"])
+        return frozen_forward(model, batch, self.teacher_precision)
 
     def trainable_teacher(
         self,
@@ -91,14 +93,16 @@ class TrainerContext:
         warmup_ratio: float | None = None,
     ) -> TrainableTeacher:
         chosen = {"lr": lr, "schedule": schedule, "warmup_steps": warmup_steps, "warmup_ratio": warmup_ratio}
-        training = self.training.model_copy(
+        optimization = self.teacher_training.model_copy(
             update={key: value for key, value in chosen.items() if value is not None}
         )
         return TrainableTeacher(
             self._place(model, trainable=True),
             self.task,
-            training,
+            optimization,
+            accumulation=self.training.grad_accum,
             updates=updates,
+            targets_in_train_mode=self.teachers.train_mode,
             accelerator=self.accelerator,
             precision=Precision(self.teacher_precision.name, self.device),
         )
@@ -111,6 +115,9 @@ class GuidanceSetup:
     plugin: GuidancePlugin
     options: PluginOptions
     teachers: AvailableTeachers = AvailableTeachers()
+    #: the teacher fine-tuning run's settings (``[training]`` with ``[teacher.finetune]``
+    #: applied), for a teacher the mode trains (default: the student's ``[training]``)
+    teacher_training: TrainingSection | None = None
 
     def build(self, context: TrainerContext) -> GuidanceSchedule:
         """The plugin's schedule, refused with the mode's name when it is not a GuidanceSchedule."""

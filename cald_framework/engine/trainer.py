@@ -223,6 +223,7 @@ class Trainer:
             weights=self.loss.weights,
             task=self.task,
             training=self.training,
+            teacher_training=(guidance and guidance.teacher_training) or self.training,
             accelerator=self.accelerator,
             teacher_precision=Precision(teachers.precision or self.training.precision, self.device),
         )

@@ -34,7 +34,10 @@ def train_student(
             f"{summary.total_parameters:,}",
         )
     guidance = GuidanceSetup(
-        validated.guidance, validated.guidance_options, teacher_providers(context, teachers)
+        validated.guidance,
+        validated.guidance_options,
+        teacher_providers(context, teachers),
+        teacher_training=validated.teacher_training,
     )
     return train(
         student,

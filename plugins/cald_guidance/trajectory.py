@@ -1,12 +1,14 @@
 """The ``trajectory`` mode: a teacher fine-tuned alongside the student (Algorithm 2).
 
-The teacher starts from the source (pretrained) weights and has its own optimizer and
-schedule, over its own ``total_steps // T_u`` updates; the host's trainable-teacher updater
-applies them. Every step the teacher gives targets; every ``T_u``-th step it also
-back-propagates its own task loss (from the same forward) and, after the student's update,
-takes an optimizer step, so the student always distils from the states computed before that
-update. On the other steps its forward runs in inference mode: no gradient would be used, and
-the values are the same.
+The teacher starts from the source (pretrained) weights and trains as its fine-tuning run would
+(the host's trainable-teacher updater): that run's learning rate and schedule, dropout on. As in
+the paper's code, its schedule is laid over the run's ``total_steps`` and advances once per
+teacher update, so its ``n``-th update uses the rate of a fine-tuning run's ``n``-th step; with
+``T_u > 1`` it walks the first ``total_steps // T_u`` steps of that schedule. Every step the
+teacher gives targets; every ``T_u``-th step it also back-propagates its own task loss and, after
+the student's update, takes an optimizer step, so the student always distils from the states
+computed before that update. On the other steps its forward runs in inference mode: no gradient
+would be used.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from cald_framework.contracts import (
 class TrajectoryOptions(PluginOptions):
     #: the teacher takes an optimizer step every ``T_u`` student steps
     T_u: int = Field(default=1, gt=0)
-    #: the teacher's learning rate (default: ``training.lr``)
+    #: the teacher's learning rate (default: the teacher fine-tuning run's, ``teacher.finetune.lr``
+    #: when set, else ``training.lr``)
     teacher_lr: float | None = Field(default=None, gt=0)
-    #: the teacher's schedule over its own updates (default: ``training.schedule``)
+    #: the teacher's schedule (default: the teacher fine-tuning run's)
     teacher_schedule: ScheduleName | None = None
     teacher_warmup_steps: int | None = Field(default=None, ge=0)
     teacher_warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
@@ -44,7 +47,7 @@ class TrajectorySchedule(GuidanceSchedule):
         self.every = options.T_u
         self.teacher = context.trainable_teacher(
             context.require("source")(),
-            updates=max(1, context.total_steps // self.every),
+            updates=context.total_steps,
             lr=options.teacher_lr,
             schedule=options.teacher_schedule,
             warmup_steps=options.teacher_warmup_steps,
