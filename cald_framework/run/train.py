@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..engine.guidance import GuidanceSetup
+from ..engine.precision import WEIGHT_DTYPES
 from ..engine.trainer import TrainResult, train
 from ..modeling import CaldModel
 from .prepare import RunContext
@@ -12,9 +13,13 @@ from .teachers import RunTeachers, teacher_providers
 def train_student(
     context: RunContext, teachers: RunTeachers, student: CaldModel, *, resume: bool
 ) -> TrainResult:
-    """Train ``student`` in the run directory; every process of a multi-process run takes part."""
+    """Train ``student`` in the run directory; every process of a multi-process run takes part.
+
+    The student trains with its weights in ``student.dtype`` (aligned, if at all, in fp32).
+    """
     validated = context.validated
     spec = validated.spec
+    student.to(WEIGHT_DTYPES[spec.student.dtype])
     guidance = GuidanceSetup(
         validated.guidance, validated.guidance_options, teacher_providers(context, teachers)
     )
