@@ -199,6 +199,21 @@ def _slot_names(model: CaldModel, keep_attention: Sequence[int]) -> list[str]:
     ]
 
 
+def created_parameter_names(student: CaldModel) -> set[str]:
+    """Names of the parameters the conversion created: those of the mixers and of ``shared``.
+
+    Empty for a model without mixers (a teacher).
+    """
+    if student.config.mixer is None:
+        return set()
+    prefixes = tuple(f"{slot}." for slot in _slot_names(student, student.config.kept_attention))
+    return {
+        name
+        for name, _ in student.named_parameters()
+        if name.startswith(prefixes + ("shared.",))
+    }
+
+
 def parameter_count(model: nn.Module) -> int:
     """The number of parameters of ``model``, each shared tensor counted once."""
     return sum(parameter.numel() for parameter in model.parameters())

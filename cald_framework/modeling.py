@@ -402,7 +402,15 @@ class CaldModel(PreTrainedModel):
     # ----------------------------------------------------------------- running
 
     def forward(self, **inputs: torch.Tensor) -> CaldOutput:
-        """Run on model inputs (``input_ids``/``input_values`` and ``attention_mask``)."""
+        """Run on model inputs (``input_ids``/``input_values`` and ``attention_mask``).
+
+        Floating-point inputs (audio) are cast to the weights' dtype, so bf16 weights take
+        float32 features.
+        """
+        inputs = {
+            name: value.to(self.dtype) if value.is_floating_point() else value
+            for name, value in inputs.items()
+        }
         mask = self.family.hidden_mask(self.backbone, inputs)
         self.padding_state.set(mask)
         layers = self.family.layers(self.backbone)

@@ -1,4 +1,11 @@
-"""Mixed precision: autocast for forwards, and loss scaling for fp16.
+"""Mixed precision: autocast for forwards, and loss scaling for fp16; the dtypes weights are kept in.
+
+Two different things, two keys each. ``training.precision`` and ``teacher.precision`` are the
+*autocast* of forwards: weights stay as stored (fp32 by default, the master copy the optimizer
+updates) and matrix products run in the half format. ``student.dtype`` and ``teacher.dtype``
+are the *storage* of the weights themselves (:data:`WEIGHT_DTYPES`): bf16 halves the memory
+of weights, gradients and optimizer state, and bf16 weights compute in bf16 whatever the
+autocast. fp16 storage is for frozen teachers only: training fp16 weights has no master copy.
 
 The engine handles precision itself rather than through ``Accelerator(mixed_precision=...)``:
 accelerate keeps that choice in a process-wide singleton, and one pipeline may fine-tune the
@@ -20,6 +27,9 @@ from ..contracts import PrecisionName
 from ..errors import CaldError
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: storage dtype of weights by spec name (``teacher.dtype``, ``student.dtype``)
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Precision:

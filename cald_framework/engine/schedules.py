@@ -12,11 +12,15 @@ With ``W`` warm-up steps, ``S`` total steps, floor ``r = min_lr_ratio``, decay l
 * ``linear``: ``1 - p`` (zero at step ``S``);
 * ``cosine``: ``r + (1 - r) * (1 + cos(pi * p)) / 2``;
 * ``exponential``: ``r ** p`` (needs ``r > 0``).
+
+An optimizer group with ``freeze_steps = N`` (:mod:`.param_groups`) gets factor 0 for its
+first ``N`` steps.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 from torch.optim import Optimizer
@@ -25,6 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..contracts import ScheduleName, lacks_schedule_floor
 from ..errors import CaldError
 from ..spec.sections import TrainingSection
+from .param_groups import FREEZE_STEPS
 
 
 def lr_factor(
@@ -72,4 +77,13 @@ def build_scheduler(optimizer: Optimizer, training: TrainingSection, total_steps
         min_lr_ratio=training.min_lr_ratio,
         decay_steps=training.decay_steps,
     )
-    return LambdaLR(optimizer, factor)
+    factors = [
+        partial(_after_freeze, factor, group[FREEZE_STEPS]) if group.get(FREEZE_STEPS) else factor
+        for group in optimizer.param_groups
+    ]
+    return LambdaLR(optimizer, factors)
+
+
+def _after_freeze(factor: Callable[[int], float], freeze_steps: int, step: int) -> float:
+    """0 during a parameter group's first ``freeze_steps`` steps, then the schedule's factor."""
+    return 0.0 if step < freeze_steps else factor(step)

@@ -32,6 +32,7 @@ from ..contracts import AvailableTeachers, Extractor, GuidanceSchedule, Task, Ta
 from ..errors import CaldError
 from ..layout import CHECKPOINTS_DIR, METRICS_FILE, TRACKERS_DIR
 from ..spec.sections import EvaluationSection, TrainingSection
+from .activations import enable_gradient_checkpointing
 from .batching import epoch_batches, make_loader, total_steps, updates_in
 from .checkpoints import remove_temporaries
 from .evaluation import evaluate_model
@@ -182,7 +183,9 @@ class Trainer:
         self.total_steps = total_steps(training, updates_in(len(self._batches(0)), training))
         student.to(self.device)
         self.student = student
-        self.optimizer = build_optimizer(student, training)
+        if training.gradient_checkpointing:
+            enable_gradient_checkpointing(student)
+        self.optimizer = build_optimizer(student, training, param_groups=True)
         self.scheduler = build_scheduler(self.optimizer, training, self.total_steps)
         self.model = self.accelerator.prepare_model(student)
         self.schedule = self._build_schedule(guidance)

@@ -18,6 +18,7 @@ from ..atomic import write_text_atomic
 from ..consistency import check_target
 from ..contracts import AvailableTeachers, Waypoint
 from ..engine.finetune import FinetuneResult, finetune_teacher
+from ..engine.precision import WEIGHT_DTYPES
 from ..engine.tensorfiles import read_tensors
 from ..engine.waypoints import read_waypoints
 from ..errors import CheckpointError
@@ -158,19 +159,23 @@ def teacher_providers(context: RunContext, teachers: RunTeachers) -> AvailableTe
 
     The pretrained teacher is copied from the one model loaded; the target is read from disk
     again, because loading draws from torch's global generator, and the draws a run has always
-    made keep its results as they were.
+    made keep its results as they were. Each comes in ``teacher.dtype``.
     """
     spec = context.spec
     target_dir = teachers.target_dir
+    dtype = WEIGHT_DTYPES[spec.teacher.dtype]
+
+    def load_source() -> CaldModel:
+        return context.source_copy().to(dtype)
 
     def load_target() -> CaldModel:
-        return CaldModel.from_pretrained(target_dir)
+        return CaldModel.from_pretrained(target_dir).to(dtype)
 
     def load_waypoint(path: Path) -> CaldModel:
-        return _with_weights(context.source_copy(), path)
+        return _with_weights(context.source_copy(), path).to(dtype)
 
     return AvailableTeachers(
-        source=context.source_copy,
+        source=load_source,
         target=load_target if target_dir else None,
         waypoints=teachers.waypoints,
         load_teacher=load_waypoint,

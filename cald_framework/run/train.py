@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..engine.guidance import GuidanceSetup
+from ..engine.precision import WEIGHT_DTYPES
 from ..engine.trainer import TrainResult, train
 from ..lora import add_lora
 from ..modeling import CaldModel
@@ -21,9 +22,11 @@ def train_student(
 
     With ``[student.lora]`` the student gets its adapters here, from the spec's seed, after
     alignment (which trains the mixers only) and before the trainer restores any checkpoint.
+    The student trains with its weights in ``student.dtype`` (aligned, if at all, in fp32).
     """
     validated = context.validated
     spec = validated.spec
+    student.to(WEIGHT_DTYPES[spec.student.dtype])
     if spec.student.lora is not None:
         with seeded(spec.experiment.seed):
             summary = add_lora(student, spec.student.lora)

@@ -141,8 +141,13 @@ def _check_assets(document: dict[str, Any], spec: Spec, problems: _Collector) ->
             problems.add(path, f"unknown asset {name!r}; declared in [assets]: {declared}")
 
 
+#: ``[training]`` keys about the student's conversion, which the teacher's fine-tuning does not
+#: inherit (it has no new parameters); ``[teacher.finetune]`` may still set them
+_STUDENT_ONLY = {"param_groups", "weight_decay_on"}
+
+
 def _teacher_training(spec: Spec, problems: _Collector) -> TrainingSection | None:
-    merged = {**spec.training.model_dump(), **spec.teacher.finetune}
+    merged = {**spec.training.model_dump(exclude=_STUDENT_ONLY), **spec.teacher.finetune}
     try:
         return TrainingSection.model_validate(merged)
     except ValidationError as error:

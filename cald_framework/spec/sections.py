@@ -37,12 +37,55 @@ class ExperimentSection(Section):
 FLOORED_SCHEDULES = ("cosine", "exponential")
 
 
+#: storage dtype of a model's weights (``precision`` is the autocast of its forwards)
+WeightDtype = Literal["fp32", "bf16", "fp16"]
+
+
+class ParamGroupSection(Section):
+    """One ``[[training.param_groups]]`` table: which parameters, and how they train.
+
+    A parameter belongs to the first group that matches it; unmatched parameters train with
+    ``training.lr`` and ``training.weight_decay``. Biases, norms and tagged parameters never
+    decay, whatever the group says.
+    """
+
+    #: glob over parameter names (``fnmatch``: ``*`` also crosses dots), e.g. ``"*.mixer.*"``
+    pattern: str | None = Field(default=None, min_length=1)
+    #: ``"new"``: the parameters the conversion created (the mixers); ``"transferred"``: the rest
+    select: Literal["new", "transferred"] | None = None
+    #: multiple of the scheduled learning rate
+    lr_scale: float = Field(default=1.0, gt=0)
+    #: weight decay of the group (default: ``training.weight_decay``)
+    weight_decay: float | None = Field(default=None, ge=0)
+    #: never trained: left out of the optimizer, gradients off
+    freeze: bool = False
+    #: frozen for the first N optimizer steps (learning rate 0), then trained
+    freeze_steps: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamGroupSection:
+        if self.pattern is None and self.select is None:
+            raise ValueError("a parameter group needs a pattern, a select, or both")
+        if self.freeze and (self.freeze_steps or self.lr_scale != 1.0 or self.weight_decay is not None):
+            raise ValueError(
+                "a group with freeze = true never trains: drop freeze_steps, lr_scale and weight_decay"
+            )
+        return self
+
+
 class TrainingSection(Section):
     """Optimisation settings of the student (and, through ``[teacher.finetune]``, of the teacher)."""
 
-    optimizer: Literal["adamw"] = "adamw"
+    #: ``adamw``; ``adamw_fused`` (torch's fused kernel); ``adamw_8bit`` (bitsandbytes, GPU);
+    #: ``adafactor`` (factored second moments: the least optimizer memory, also on CPU)
+    optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "adafactor"] = "adamw"
     lr: float = Field(default=5e-5, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
+    #: which parameters ``weight_decay`` applies to: ``"new"`` only those the conversion created
+    #: (the paper's LM code decays only the mixers)
+    weight_decay_on: Literal["all", "new"] = "all"
+    #: per-parameter learning-rate scales, weight decay and freezing; the first match wins
+    param_groups: list[ParamGroupSection] = []
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     schedule: ScheduleName = "linear"
@@ -61,6 +104,8 @@ class TrainingSection(Section):
     grad_accum: int = Field(default=1, gt=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     precision: PrecisionName = "fp32"
+    #: recompute each layer's activations in the backward instead of keeping them
+    gradient_checkpointing: bool = False
     group_by_length: bool = True
     #: cap on padded tokens (or audio frames) per batch when grouping by length
     max_tokens_per_batch: int | None = Field(default=None, gt=0)
@@ -83,6 +128,18 @@ class TrainingSection(Section):
                 f"not have: use one of {', '.join(FLOORED_SCHEDULES)}"
             )
         return self
+
+    @field_validator("param_groups")
+    @classmethod
+    def _distinct_groups(cls, groups: list[ParamGroupSection]) -> list[ParamGroupSection]:
+        selectors = [(group.pattern, group.select) for group in groups]
+        for index, selector in enumerate(selectors):
+            if selector in selectors[:index]:
+                raise ValueError(
+                    f"group {index} selects what group {selectors.index(selector)} already took "
+                    "(the first matching group wins), so it would match nothing"
+                )
+        return groups
 
 
 class ModelConfigSection(Section):
@@ -121,6 +178,8 @@ class TeacherSection(ModelConfigSection):
     #: precision of teacher forwards during distillation (default: ``training.precision``);
     #: ``bf16`` makes targets cheaper while the student trains in fp32
     precision: Literal["fp32", "bf16"] | None = None
+    #: dtype the distillation teachers' weights are stored in (bf16 halves their memory)
+    dtype: WeightDtype = "fp32"
     #: overrides of ``[training]`` for the teacher fine-tuning run
     finetune: dict[str, Any] = {}
 
@@ -157,6 +216,18 @@ class StudentSection(ModelConfigSection):
     keep_attention: list[Annotated[int, Field(ge=0)]] = []
     #: train low-rank adapters on the transferred weights instead of the weights themselves
     lora: LoraSection | None = None
+    #: dtype the student's weights (and so its optimizer state) are stored in
+    dtype: WeightDtype = "fp32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _trainable_dtype(cls, dtype: str) -> str:
+        if dtype == "fp16":
+            raise ValueError(
+                "fp16 weights cannot be trained (no fp32 master copy, no loss scaling): use "
+                "'bf16', or keep 'fp32' with training.precision = 'fp16'"
+            )
+        return dtype
 
     @field_validator("keep_attention")
     @classmethod
@@ -219,6 +290,15 @@ class Spec(Section):
     evaluation: EvaluationSection = EvaluationSection()
     #: files fetched from a package registry and verified by hash, referred to as ``asset:NAME``
     assets: dict[AssetName, Asset] = {}
+
+    @model_validator(mode="after")
+    def _weights_fit_precision(self) -> Spec:
+        if self.student.dtype == "bf16" and self.training.precision == "fp16":
+            raise ValueError(
+                "student.dtype = 'bf16' with training.precision = 'fp16' mixes two half "
+                "formats: use training.precision = 'bf16' or 'fp32'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fill_output_dir(self) -> Spec:
