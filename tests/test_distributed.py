@@ -24,7 +24,7 @@ from accelerate import DistributedType
 from cald_testing.workspaces import build_review_workspace
 
 from cald_framework.engine.tensorfiles import read_tensors
-from cald_framework.engine.trainer import check_distributed_type
+from cald_framework.engine.layouts import check_distributed_type
 from cald_framework.errors import CaldError
 
 pytestmark = pytest.mark.skipif(
@@ -136,13 +136,13 @@ def test_only_the_main_process_writes_and_reports(runs: Path) -> None:
     assert _layout(runs / "two") == _layout(runs / "one")
 
 
-@pytest.mark.parametrize(("kind", "name"), [(DistributedType.DEEPSPEED, "DeepSpeed"), (DistributedType.FSDP, "FSDP")])
+@pytest.mark.parametrize(("kind", "name"), [(DistributedType.DEEPSPEED, "DeepSpeed"), (DistributedType.XLA, "XLA")])
 def test_layouts_the_trainer_does_not_drive_are_refused(kind: DistributedType, name: str) -> None:
     with pytest.raises(CaldError) as refused:
         check_distributed_type(kind)
     assert str(refused.value) == (
-        f"the accelerate configuration asks for {name}, which the trainer does not support: use one "
-        "process or data-parallel processes (see docs/distributed.md)"
+        f"the accelerate configuration asks for {name}, which the trainer does not support: use "
+        "data-parallel processes or FSDP2 (see docs/distributed.md)"
     )
 
 
@@ -160,4 +160,4 @@ def test_only_the_student_is_prepared_by_accelerate() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(ACCELERATE_PREPARE):
                 prepared.append((path.name, ast.unparse(node)))
-    assert prepared == [("trainer.py", "self.accelerator.prepare_model(student)")]
+    assert prepared == [("trainer.py", "self.accelerator.prepare(trained, optimizer, scheduler)")]
