@@ -104,16 +104,24 @@ def save_checkpoint(
     final = root / step_name(step)
     staging: Path | None = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+        staging = _staging(root)
         _write(staging, final, step, parts, meta)
     except OSError as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(
-            f"cannot write checkpoint {final}: {error}; the earlier checkpoints are untouched"
-        ) from error
+        raise _abandoned(final, staging, error) from error
     return final
+
+
+def _staging(root: Path) -> Path:
+    """A new temporary directory in ``root`` for a checkpoint being written."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+
+
+def _abandoned(final: Path, staging: Path | None, error: OSError) -> CheckpointError:
+    """Remove what a failed write of ``final`` left in ``staging``; the error to raise."""
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CheckpointError(f"cannot write checkpoint {final}: {error}; the earlier checkpoints are untouched")
 
 
 def _write_parts(staging: Path, parts: Mapping[str, Any], name_of: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -175,8 +183,7 @@ def save_sharded_checkpoint(
     failure: OSError | None = None
     if main:
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+            staging = _staging(root)
         except OSError as error:
             failure = error
     shared = group.share(None if staging is None else str(staging))
@@ -199,11 +206,7 @@ def save_sharded_checkpoint(
         shard_files = {file: record for result in results for file, record in result[1].items()}
         _write(staging, final, step, parts, meta, shards, shard_files)
     except OSError as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(
-            f"cannot write checkpoint {final}: {error}; the earlier checkpoints are untouched"
-        ) from error
+        raise _abandoned(final, staging, error) from error
     return final
 
 

@@ -5,8 +5,8 @@
 accelerate's plugin. Accelerate offers FSDP on accelerators only; torch's FSDP2 also runs on
 CPU processes over gloo, so there the engine switches accelerate's state to FSDP itself and the
 same code path trains on CPU and GPU. ``deepspeed`` builds and validates its ZeRO configuration
-(:func:`deepspeed_config`) but training under it is refused: its engine steps inside
-``backward``, which the non-finite skip and the checkpoints do not drive yet.
+(:mod:`.zero_config`) but training under it is refused: its engine steps inside ``backward``,
+which the non-finite skip and the checkpoints do not drive yet.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +29,7 @@ from ..errors import CaldError
 from ..layout import TRACKERS_DIR
 from ..spec.sections import DistributedSection, TrainingSection
 from .logbook import check_trackers
+from .zero_config import deepspeed_config
 
 #: accelerate layouts the loop does not drive (FSDP 1 is refused by :func:`check_layout`)
 _UNSUPPORTED = {
@@ -66,72 +66,43 @@ def fsdp_plugin(distributed: DistributedSection) -> FullyShardedDataParallelPlug
     )
 
 
-def deepspeed_config(training: TrainingSection) -> dict[str, Any]:
-    """The DeepSpeed ZeRO configuration ``[training]`` asks for, checked by accelerate's plugin.
-
-    Batch sizes are per process as everywhere in the engine; the precision is the engine's
-    autocast, so DeepSpeed keeps fp32 weights. :class:`CaldError` names what DeepSpeed refuses.
-    """
-    distributed = training.distributed
-    if distributed.strategy != "deepspeed":
-        raise CaldError(f"training.distributed.strategy is {distributed.strategy!r}, not 'deepspeed'")
-    if training.precision == "fp16":
-        raise CaldError(
-            "training.precision = 'fp16' with DeepSpeed: its loss scaler and the engine's would "
-            "both scale; use 'bf16' or 'fp32'"
-        )
-    stage = distributed.zero_stage or 2
-    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
-    if distributed.offload:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        if stage == 3:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    config = {
-        "train_micro_batch_size_per_gpu": training.batch_size,
-        "gradient_accumulation_steps": training.grad_accum,
-        "gradient_clipping": training.max_grad_norm or 0.0,
-        "zero_optimization": zero,
-        "bf16": {"enabled": False},
-        "fp16": {"enabled": False},
-        "zero_allow_untested_optimizer": True,
-    }
-    _validate_deepspeed(config)
-    return config
+def _process_group_type(partial: PartialState) -> DistributedType:
+    """The layout accelerate derived from the launch, before this module switched it to FSDP."""
+    if partial.distributed_type != DistributedType.FSDP:
+        return partial.distributed_type
+    return DistributedType.MULTI_GPU if partial.device.type == "cuda" else DistributedType.MULTI_CPU
 
 
-def _validate_deepspeed(config: dict[str, Any]) -> None:
-    """Let DeepSpeed's own config model judge the ZeRO section."""
-    try:
-        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-    except ImportError as error:
-        raise CaldError("training.distributed.strategy = 'deepspeed' needs the deepspeed package") from error
-    try:
-        DeepSpeedZeroConfig(**config["zero_optimization"])
-    except ValueError as error:
-        raise CaldError(f"training.distributed: DeepSpeed refuses the ZeRO settings ({error})") from error
+def _set_layout(accelerator: Accelerator, kind: DistributedType, plugin: FullyShardedDataParallelPlugin | None) -> None:
+    """Switch accelerate's state to ``kind``, in both of its shared states as accelerate does:
+    every later ``AcceleratorState()`` (accelerate builds some inside ``prepare``) copies the
+    process state's layout over its own, which would silently undo a switch of one of them."""
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = kind
+    PartialState().distributed_type = kind
 
 
 def _apply_strategy(accelerator: Accelerator, distributed: DistributedSection) -> None:
     """Switch accelerate to the spec's layout where the processes can shard."""
-    state = accelerator.state
-    base = PartialState().distributed_type
-    if distributed.strategy == "deepspeed":
-        raise CaldError(
-            "training.distributed.strategy = 'deepspeed': the configuration is built and checked, "
-            "but the trainer does not train under DeepSpeed yet; use 'fsdp' (see docs/distributed.md)"
-        )
-    from_launch_config = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return  # accelerate's launch configuration chose FSDP and its plugin
+    base = _process_group_type(PartialState())
     if distributed.strategy == "fsdp" and base in _SHARDABLE:
-        state.fsdp_plugin = fsdp_plugin(distributed)
-        state.distributed_type = DistributedType.FSDP
-    elif state.distributed_type == DistributedType.FSDP and not from_launch_config:
+        _set_layout(accelerator, DistributedType.FSDP, fsdp_plugin(distributed))
+    elif accelerator.distributed_type == DistributedType.FSDP:
         # an earlier run in this process (the teacher's fine-tuning) sharded; this one does not
-        state.fsdp_plugin, state.distributed_type = None, base
+        _set_layout(accelerator, base, None)
 
 
 def make_accelerator(training: TrainingSection, output_dir: Path) -> Accelerator:
     """The run's Accelerator, in the layout of ``[training.distributed]`` (or accelerate's config)."""
     check_trackers(list(training.trackers))
+    if training.distributed.strategy == "deepspeed":
+        deepspeed_config(training)  # a configuration DeepSpeed refuses is named first
+        raise CaldError(
+            "training.distributed.strategy = 'deepspeed': the configuration is built and checked, "
+            "but the trainer does not train under DeepSpeed yet; use 'fsdp' (see docs/distributed.md)"
+        )
     accelerator = Accelerator(
         # under torchrun on a CPU-only machine, ``cpu=True`` is what makes the processes a group
         cpu=not torch.cuda.is_available(),
