@@ -44,9 +44,12 @@ bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_generation.py
 
 # SIGKILLs a real run again and again (also mid-checkpoint), resumes it, and checks the result
-# is bitwise that of an uninterrupted run (about four minutes on two cores).
+# is bitwise that of an uninterrupted run (about four minutes on two cores); then the tests
+# marked `reliability`: FSDP on two CPU processes against one, and its kill-and-resume (about
+# four minutes more).
 reliability: install
 	$(OFFLINE) $(PY) scripts/crash_resume.py --kills 6 --seed 0
+	$(OFFLINE) $(PY) -m pytest -m reliability
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,6 +7,7 @@ User errors (a bad spec, data, checkpoint or plugin) print one line and exit wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
@@ -81,9 +82,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     validated = load_spec(args.spec, args.set)
-    results = run_pipeline(validated, resume=args.resume)
+    summary_stream = sys.stdout
+    # stdout carries the JSON summary alone; what libraries print while the pipeline runs goes
+    # to stderr (DeepSpeed, imported by accelerate, logs to the stdout of its import time)
+    with contextlib.redirect_stdout(sys.stderr):
+        results = run_pipeline(validated, resume=args.resume)
     if results is not None:  # the main process of a multi-process run reports
-        print(json.dumps(results.summary(), indent=2))
+        print(json.dumps(results.summary(), indent=2), file=summary_stream)
     return 0
 
 

@@ -270,6 +270,14 @@ class CaldModel(PreTrainedModel):
                 keep_attention=config.kept_attention,
             )
 
+    def get_input_embeddings(self) -> nn.Module | None:
+        """The backbone's input embeddings, ``None`` where it has none (FSDP shards them apart)."""
+        getter = getattr(self.backbone, "get_input_embeddings", None)
+        try:
+            return getter() if getter is not None else None
+        except NotImplementedError:
+            return None
+
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing to do: backbones initialise themselves, heads keep PyTorch's default init."""
 

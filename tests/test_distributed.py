@@ -1,30 +1,32 @@
 """``python -m cald_framework run`` under ``torchrun``: two CPU processes match one with twice the batch.
 
-The comparison is fair by construction: with ``group_by_length = false`` an epoch's order is a
-permutation that does not depend on the batch size, and the engine deals per-process batches
-round-robin, so two processes with batch ``b`` see at each step exactly the rows that one
-process sees in its batch of ``2b``. Every review has six words, so there is no padding and the
-mean of the two per-process means is the mean over all rows (loss and gradients alike). Dropout
-is off, so nothing random depends on the rank. What remains is float32 rounding.
+The comparison is fair by construction (see ``cald_testing.launches``): two processes with
+batch ``b`` see at each step exactly the rows that one process sees in its batch of ``2b``, the
+mean of the two per-process means is the mean over all rows, and nothing random depends on
+the rank. What remains is float32 rounding.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from accelerate import DistributedType
-from cald_testing.workspaces import build_review_workspace
+from cald_testing.launches import (
+    ENVIRONMENT,
+    TERMS,
+    build_fair_workspace,
+    largest_difference,
+    run_command,
+    train_events,
+)
 
 from cald_framework.engine.tensorfiles import read_tensors
-from cald_framework.engine.trainer import check_distributed_type
+from cald_framework.engine.layouts import check_distributed_type
 from cald_framework.errors import CaldError
 
 pytestmark = pytest.mark.skipif(
@@ -35,23 +37,12 @@ pytestmark = pytest.mark.skipif(
 TOLERANCE = 1e-5
 #: how accelerate wraps a module for training (``prepare`` of other objects are not this)
 ACCELERATE_PREPARE = ("accelerator.prepare", "accelerator.prepare_model")
-TERMS = ("loss", "task", "kd", "ld")
-ENVIRONMENT = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-}
 
 
 def _launch(workspace: Path, output: str, processes: int, batch_size: int) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "cald_framework", "run", "spec.toml"]
-    command += ["--set", f"experiment.output_dir={output}", "--set", f"training.batch_size={batch_size}"]
-    if processes > 1:
-        command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     return subprocess.Popen(
-        command, cwd=workspace, env=ENVIRONMENT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        run_command(output, processes, batch_size),
+        cwd=workspace, env=ENVIRONMENT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -59,16 +50,6 @@ def _finish(process: subprocess.Popen[str]) -> str:
     stdout, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr[-3000:]
     return stdout
-
-
-def _train_events(metrics: Path) -> list[dict[str, Any]]:
-    events = [json.loads(line) for line in metrics.read_text().splitlines()]
-    return [event for event in events if event["event"] == "train"]
-
-
-def _largest_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
-    assert [event["step"] for event in a] == [event["step"] for event in b]
-    return max(abs(x[term] - y[term]) for x, y in zip(a, b) for term in TERMS if term in x)
 
 
 def _layout(root: Path) -> list[str]:
@@ -85,15 +66,7 @@ def _layout(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same spec run by two processes with batch 4 and by one process with batch 8."""
-    workspace = tmp_path_factory.mktemp("distributed")
-    changes = {
-        "teacher.num_waypoints": 2,
-        "teacher.finetune.epochs": 1,
-        "training.epochs": 1,
-        "training.group_by_length": False,
-        "training.save_every": None,
-    }
-    build_review_workspace(workspace, changes, dropout=0.0)
+    workspace = build_fair_workspace(tmp_path_factory.mktemp("distributed"), save_every=None)
     two = _launch(workspace, "two", processes=2, batch_size=4)
     one = _launch(workspace, "one", processes=1, batch_size=8)
     (workspace / "two.out").write_text(_finish(two))
@@ -102,9 +75,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_two_processes_follow_the_loss_curve_of_one_with_twice_the_batch(runs: Path) -> None:
-    two, one = _train_events(runs / "two" / "metrics.jsonl"), _train_events(runs / "one" / "metrics.jsonl")
+    two, one = train_events(runs / "two" / "metrics.jsonl"), train_events(runs / "one" / "metrics.jsonl")
     assert len(two) == 6  # 48 training rows / 8 per step, one event per step
-    difference = _largest_difference(two, one)
+    difference = largest_difference(two, one)
     print(f"\ndistributed loss curve: max |2 x batch 4 - 1 x batch 8| = {difference:.2e} over {len(two)} steps")
     assert difference < TOLERANCE
     assert {term for term in TERMS if term in two[0]} == set(TERMS)
@@ -113,7 +86,7 @@ def test_two_processes_follow_the_loss_curve_of_one_with_twice_the_batch(runs: P
 def test_the_teacher_fine_tuning_is_distributed_too(runs: Path) -> None:
     (two,) = (runs / "two" / "teacher-cache").glob("*/metrics.jsonl")
     (one,) = (runs / "one" / "teacher-cache").glob("*/metrics.jsonl")
-    assert _largest_difference(_train_events(two), _train_events(one)) < TOLERANCE
+    assert largest_difference(train_events(two), train_events(one)) < TOLERANCE
 
 
 def test_both_end_with_the_same_student_and_metrics(runs: Path) -> None:
@@ -131,18 +104,18 @@ def test_only_the_main_process_writes_and_reports(runs: Path) -> None:
     summary = (runs / "two.out").read_text()
     assert summary.count('"experiment"') == 1  # one JSON summary on stdout, from rank 0
     assert json.loads(summary)["results"] == "two/results.json"
-    steps = [event["step"] for event in _train_events(runs / "two" / "metrics.jsonl")]
+    steps = [event["step"] for event in train_events(runs / "two" / "metrics.jsonl")]
     assert steps == sorted(set(steps))  # each step logged once, already reduced over processes
     assert _layout(runs / "two") == _layout(runs / "one")
 
 
-@pytest.mark.parametrize(("kind", "name"), [(DistributedType.DEEPSPEED, "DeepSpeed"), (DistributedType.FSDP, "FSDP")])
+@pytest.mark.parametrize(("kind", "name"), [(DistributedType.DEEPSPEED, "DeepSpeed"), (DistributedType.XLA, "XLA")])
 def test_layouts_the_trainer_does_not_drive_are_refused(kind: DistributedType, name: str) -> None:
     with pytest.raises(CaldError) as refused:
         check_distributed_type(kind)
     assert str(refused.value) == (
-        f"the accelerate configuration asks for {name}, which the trainer does not support: use one "
-        "process or data-parallel processes (see docs/distributed.md)"
+        f"the accelerate configuration asks for {name}, which the trainer does not support: use "
+        "data-parallel processes or FSDP2 (see docs/distributed.md)"
     )
 
 
@@ -160,4 +133,4 @@ def test_only_the_student_is_prepared_by_accelerate() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(ACCELERATE_PREPARE):
                 prepared.append((path.name, ast.unparse(node)))
-    assert prepared == [("trainer.py", "self.accelerator.prepare_model(student)")]
+    assert prepared == [("trainer.py", "self.accelerator.prepare(trained, optimizer, scheduler)")]

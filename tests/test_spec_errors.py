@@ -13,7 +13,7 @@ from cald_framework.spec.toml_writer import dumps
 from cald_framework.testing.toy_plugins import TOY_SPEC
 
 TRAINING_KEYS = (
-    "batch_size, betas, decay_steps, epochs, eps, eval_batch_size, grad_accum, "
+    "batch_size, betas, decay_steps, distributed, epochs, eps, eval_batch_size, grad_accum, "
     "gradient_checkpointing, group_by_length, keep_last, log_every, lr, max_grad_norm, "
     "max_nonfinite_steps, max_steps, max_tokens_per_batch, min_lr_ratio, num_workers, optimizer, "
     "param_groups, precision, save_every, schedule, trackers, warmup_ratio, warmup_steps, "

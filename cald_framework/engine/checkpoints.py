@@ -9,6 +9,11 @@ Each *part* (model, optimizer, guidance state) is a nested structure split by
 :mod:`.treecodec` into ``<part>.safetensors`` and a skeleton in ``state.json``, which also
 records the size and SHA-256 of every file so that a truncated or corrupted checkpoint is
 recognised before anything is loaded from it.
+
+A sharded run (FSDP) adds *shards*: every process writes its own piece of a part as
+``<part>.rank-NNNNN.safetensors`` into the same temporary directory, the main process collects
+their skeletons and checksums into ``state.json`` and renames the directory once all are
+durable, so a sharded checkpoint is as atomic and verified as a whole one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,8 @@ class Checkpoint:
     #: what the trainer stored besides tensors (positions, scheduler, RNG, best metric)
     meta: dict[str, Any]
     _skeletons: dict[str, Any]
+    #: skeletons of each process's piece of a sharded part, by rank
+    _shards: dict[str, list[Any]] = field(default_factory=dict)
 
     def has_part(self, name: str) -> bool:
         return name in self._skeletons
@@ -55,6 +62,35 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path} has no {name!r} state")
         tensors = read_tensors(self.path / f"{name}.safetensors", device)
         return treecodec.decode(self._skeletons[name], tensors)
+
+    @property
+    def shard_count(self) -> int | None:
+        """How many processes wrote pieces of the sharded parts (``None``: nothing is sharded)."""
+        counts = {len(pieces) for pieces in self._shards.values()}
+        return counts.pop() if counts else None
+
+    def shard(self, name: str, rank: int, device: str | torch.device = "cpu") -> Any:
+        """Process ``rank``'s piece of the sharded part ``name``."""
+        if name not in self._shards:
+            raise CheckpointError(f"checkpoint {self.path} has no sharded {name!r} state")
+        tensors = read_tensors(self.path / _shard_file(name, rank), device)
+        return treecodec.decode(self._shards[name][rank], tensors)
+
+
+@dataclass(frozen=True)
+class ShardGroup:
+    """The processes that write one sharded checkpoint together, and how they talk."""
+
+    rank: int
+    world: int
+    #: the main process's value, on every process
+    share: Callable[[Any], Any]
+    #: every process's value, on every process, in rank order
+    collect: Callable[[Any], list[Any]]
+
+
+def _shard_file(name: str, rank: int) -> str:
+    return f"{name}.rank-{rank:05d}.safetensors"
 
 
 def save_checkpoint(
@@ -68,28 +104,53 @@ def save_checkpoint(
     final = root / step_name(step)
     staging: Path | None = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+        staging = _staging(root)
         _write(staging, final, step, parts, meta)
     except OSError as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(
-            f"cannot write checkpoint {final}: {error}; the earlier checkpoints are untouched"
-        ) from error
+        raise _abandoned(final, staging, error) from error
     return final
 
 
-def _write(staging: Path, final: Path, step: int, parts: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-    """Fill ``staging`` and rename it to ``final`` once every file is durable."""
+def _staging(root: Path) -> Path:
+    """A new temporary directory in ``root`` for a checkpoint being written."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+
+
+def _abandoned(final: Path, staging: Path | None, error: OSError) -> CheckpointError:
+    """Remove what a failed write of ``final`` left in ``staging``; the error to raise."""
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CheckpointError(f"cannot write checkpoint {final}: {error}; the earlier checkpoints are untouched")
+
+
+def _write_parts(staging: Path, parts: Mapping[str, Any], name_of: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write each part's tensors into ``staging``; their skeletons and file records."""
     skeletons: dict[str, Any] = {}
     files: dict[str, dict[str, Any]] = {}
     for name, tree in parts.items():
         skeletons[name], tensors = treecodec.encode(tree)
-        file = staging / f"{name}.safetensors"
+        file = staging / name_of(name)
         write_tensors(file, tensors)
         files[file.name] = {"bytes": file.stat().st_size, "sha256": sha256_of(file)}
-    state = {"format": FORMAT, "step": step, "files": files, "parts": skeletons, "meta": dict(meta)}
+    return skeletons, files
+
+
+def _write(
+    staging: Path,
+    final: Path,
+    step: int,
+    parts: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    shards: Mapping[str, list[Any]] | None = None,
+    shard_files: Mapping[str, Any] | None = None,
+) -> None:
+    """Fill ``staging`` and rename it to ``final`` once every file is durable."""
+    skeletons, files = _write_parts(staging, parts, lambda name: f"{name}.safetensors")
+    state = {"format": FORMAT, "step": step, "files": {**files, **(shard_files or {})}, "parts": skeletons}
+    if shards:
+        state["shards"] = dict(shards)
+    state["meta"] = dict(meta)
     state_file = staging / STATE_FILE
     with open(state_file, "w") as handle:
         json.dump(state, handle)
@@ -100,6 +161,53 @@ def _write(staging: Path, final: Path, step: int, parts: Mapping[str, Any], meta
         _remove(final)
     os.replace(staging, final)
     fsync_dir(final.parent)
+
+
+def save_sharded_checkpoint(
+    root: Path,
+    step: int,
+    parts: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    pieces: Mapping[str, Any],
+    group: ShardGroup,
+) -> Path:
+    """Like :func:`save_checkpoint`, with this process's ``pieces`` of the sharded parts.
+
+    Every process of ``group`` calls it; ``parts`` and ``meta`` count on the main process only.
+    A write that fails on any process raises :class:`CheckpointError` on the main process and
+    leaves the other checkpoints as they were.
+    """
+    final = root / step_name(step)
+    main = group.rank == 0
+    staging: Path | None = None
+    failure: OSError | None = None
+    if main:
+        try:
+            staging = _staging(root)
+        except OSError as error:
+            failure = error
+    shared = group.share(None if staging is None else str(staging))
+    written: Any = None
+    if shared is not None:
+        try:
+            written = _write_parts(Path(shared), pieces, lambda name: _shard_file(name, group.rank))
+        except OSError as error:
+            written = str(error)
+    results = group.collect(written)
+    if not main:
+        return final
+    problems = [result for result in results if not isinstance(result, tuple)]
+    try:
+        if failure is not None:
+            raise failure
+        if problems:
+            raise OSError(problems[0] or "a process could not write its shard")
+        shards = {name: [result[0][name] for result in results] for name in pieces}
+        shard_files = {file: record for result in results for file, record in result[1].items()}
+        _write(staging, final, step, parts, meta, shards, shard_files)
+    except OSError as error:
+        raise _abandoned(final, staging, error) from error
+    return final
 
 
 def _remove(path: Path) -> None:
@@ -148,7 +256,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
             raise CheckpointError(f"unknown checkpoint format {state.get('format')!r}")
         for name, expected in state["files"].items():
             _check_file(path / name, expected)
-        return Checkpoint(path, int(state["step"]), state["meta"], state["parts"])
+        return Checkpoint(path, int(state["step"]), state["meta"], state["parts"], state.get("shards", {}))
     except CheckpointError as error:
         raise CheckpointError(f"checkpoint {path} is unusable: {error}") from error
     except (OSError, ValueError, KeyError, TypeError) as error:

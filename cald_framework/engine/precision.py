@@ -16,7 +16,7 @@ teacher's forward and the trajectory teacher's own updates use the same rules.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -56,18 +56,27 @@ class Precision:
             with torch.autocast(self.device_type, dtype=self.dtype):
                 yield
 
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to back-propagate (scaled up under fp16)."""
+        return self.scaler.scale(loss) if self.scaler else loss
+
     def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        self.scale(loss).backward()
 
     def unscale_and_clip(
-        self, optimizer: Optimizer, parameters: Iterable[nn.Parameter], max_norm: float | None
+        self,
+        optimizer: Optimizer,
+        parameters: Iterable[nn.Parameter],
+        max_norm: float | None,
+        clip: Callable[[Iterable[nn.Parameter], float], torch.Tensor] = torch.nn.utils.clip_grad_norm_,
     ) -> torch.Tensor | None:
-        """Bring gradients back to their true scale and clip them; the norm before clipping."""
+        """Bring gradients back to their true scale and clip them with ``clip`` (which may know
+        about sharded gradients); the norm before clipping."""
         if self.scaler:
             self.scaler.unscale_(optimizer)
         if max_norm is None:
             return None
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        return clip(parameters, max_norm)
 
     def step(self, optimizer: Optimizer, *, skip: bool = False) -> None:
         """Take the optimizer step unless ``skip`` (fp16 also skips it when gradients overflowed)."""

@@ -3,6 +3,8 @@
 A checkpoint holds the student's weights, the optimizer, the guidance schedule's state (a
 separate part, never inside the student's file), the LR schedule, the loss scaler, every
 process's random streams and the :class:`Progress`, so a resumed run continues bitwise.
+Under FSDP the weights and the optimizer state are saved as each process's pieces (see
+:mod:`.shards`), and a run resumes them with the same number of processes.
 """
 
 from __future__ import annotations
@@ -14,15 +16,26 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..contracts import GuidanceSchedule
+from ..errors import CheckpointError
 from ..layout import step_name
-from .checkpoints import latest_checkpoint, open_checkpoint, prune, save_checkpoint
+from .checkpoints import (
+    Checkpoint,
+    ShardGroup,
+    latest_checkpoint,
+    open_checkpoint,
+    prune,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from .layouts import is_sharded
 from .precision import Precision
 from .rng import capture_rng, restore_rng
+from .shards import load_local_state, local_state
 
 
 @dataclass
@@ -69,6 +82,7 @@ class Checkpointer:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.precision, self.schedule, self.total_steps = precision, schedule, total_steps
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.sharded = is_sharded(accelerator)
 
     def path(self, step: int) -> Path:
         """Where the checkpoint of ``step`` is (or would be) saved."""
@@ -81,25 +95,52 @@ class Checkpointer:
         """
         rng_states = gather_object([capture_rng()]) if self.world > 1 else [capture_rng()]
         guidance_state = self.schedule.state_dict()
-        if self.accelerator.is_main_process:
-            parts: dict[str, Any] = {
-                "model": self.accelerator.unwrap_model(self.model).state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-            }
-            if guidance_state:
-                parts["guidance"] = guidance_state
-            meta = {
-                "progress": asdict(progress),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.precision.state_dict(),
-                "rng": rng_states,
-                "total_steps": self.total_steps,
-                "world_size": self.world,
-            }
+        parts: dict[str, Any] = {"guidance": guidance_state} if guidance_state else {}
+        if not self.sharded and self.accelerator.is_main_process:
+            parts["model"] = self.accelerator.unwrap_model(self.model).state_dict()
+            parts["optimizer"] = self.optimizer.state_dict()
+        meta = {
+            "progress": asdict(progress),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.state_dict(),
+            "rng": rng_states,
+            "total_steps": self.total_steps,
+            "world_size": self.world,
+        }
+        if self.sharded:
+            pieces = local_state(self.model, _torch_optimizer(self.optimizer))
+            save_sharded_checkpoint(self.directory, progress.step, parts, meta, pieces, self._group())
+        elif self.accelerator.is_main_process:
             save_checkpoint(self.directory, progress.step, parts, meta)
+        if self.accelerator.is_main_process:
             prune(self.directory, keep_last, keep)
         self.accelerator.wait_for_everyone()
         return self.path(progress.step)
+
+    def _group(self) -> ShardGroup:
+        def share(value: Any) -> Any:
+            holder = [value]
+            broadcast_object_list(holder)
+            return holder[0]
+
+        return ShardGroup(self.rank, self.world, share, lambda value: gather_object([value]))
+
+    def _load_student(self, checkpoint: Checkpoint, *, with_optimizer: bool) -> None:
+        """The student's weights (and optimizer state) of ``checkpoint``, whole or in pieces."""
+        device = self.accelerator.device
+        if not self.sharded:
+            self.accelerator.unwrap_model(self.model).load_state_dict(checkpoint.part("model", device))
+            if with_optimizer:
+                self.optimizer.load_state_dict(checkpoint.part("optimizer", device))
+            return
+        if checkpoint.shard_count != self.world:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} holds the student in {checkpoint.shard_count or 'no'} "
+                f"pieces; this sharded run has {self.world} processes: resume with as many"
+            )
+        names = ("model", "optimizer") if with_optimizer else ("model",)
+        state = {name: checkpoint.shard(name, self.rank, device) for name in names}
+        load_local_state(self.model, _torch_optimizer(self.optimizer), state)
 
     def restore(self, warn: Callable[[str], None]) -> Progress | None:
         """Load the newest usable checkpoint and return its progress; ``None`` when there is none."""
@@ -109,8 +150,7 @@ class Checkpointer:
             return None
         device = self.accelerator.device
         meta = checkpoint.meta
-        self.accelerator.unwrap_model(self.model).load_state_dict(checkpoint.part("model", device))
-        self.optimizer.load_state_dict(checkpoint.part("optimizer", device))
+        self._load_student(checkpoint, with_optimizer=True)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.precision.load_state_dict(meta["scaler"])
         if checkpoint.has_part("guidance"):
@@ -131,5 +171,9 @@ class Checkpointer:
 
     def load_weights(self, step: int) -> None:
         """Put the student weights of the checkpoint of ``step`` back into the model."""
-        weights = open_checkpoint(self.path(step)).part("model", self.accelerator.device)
-        self.accelerator.unwrap_model(self.model).load_state_dict(weights)
+        self._load_student(open_checkpoint(self.path(step)), with_optimizer=False)
+
+
+def _torch_optimizer(optimizer: Optimizer) -> Optimizer:
+    """The optimizer itself, out of accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)

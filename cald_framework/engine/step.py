@@ -2,9 +2,10 @@
 
 For each of the step's micro-batches the guidance schedule may run its teacher (once, reused
 for the KD and LD targets), the student runs, and the weighted loss divided by the number of
-micro-batches is back-propagated; gradients are synchronised across processes only on the
-last micro-batch. The update is clipped, and skipped on every process when the loss or the
-gradient norm is not finite on any of them (fp16 overflow is left to the loss scaler).
+micro-batches is back-propagated through the accelerator; under DDP gradients are synchronised
+across processes only on the last micro-batch (FSDP reduces each micro-batch's shards). The
+accelerator clips the update (it knows sharded gradients); the update is skipped on every
+process when the loss or the gradient norm is not finite on any of them (fp16 overflow is left to the loss scaler).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from ..contracts import (
@@ -64,6 +66,11 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.clone() if tensor.is_inference() else tensor.detach()
 
 
+def _whole(norm: torch.Tensor | None) -> torch.Tensor | None:
+    """A gradient norm as a plain tensor (sharded gradients give a replicated distributed one)."""
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
 def apply_update(
     precision: Precision,
     optimizer: Optimizer,
@@ -72,13 +79,15 @@ def apply_update(
     *,
     finite: torch.Tensor | None = None,
     agree: Callable[[torch.Tensor], bool] = bool,
+    clip: Callable[[Iterable[nn.Parameter], float], torch.Tensor] = torch.nn.utils.clip_grad_norm_,
 ) -> tuple[bool, torch.Tensor | None]:
-    """Clip and step, unless ``finite`` or the gradient norm says something was not finite.
+    """Clip with ``clip`` and step, unless ``finite`` or the gradient norm says something was
+    not finite.
 
     ``agree`` turns this process's flag into the decision, which every process must share.
     Returns whether the update was applied and the norm before clipping.
     """
-    norm = precision.unscale_and_clip(optimizer, parameters, max_norm)
+    norm = _whole(precision.unscale_and_clip(optimizer, parameters, max_norm, clip))
     if norm is not None and precision.scaler is None:  # fp16 overflow is the scaler's business
         norm_finite = torch.isfinite(norm)
         finite = norm_finite if finite is None else finite & norm_finite
@@ -174,7 +183,7 @@ class StudentStep:
                     output = self.model(**batch["inputs"])
                     terms, layers = self.terms(output, batch, targets, plan.weights)
                     loss = combine(terms, plan.weights)
-                self.precision.backward(loss / count)
+                self.accelerator.backward(self.precision.scale(loss / count))
             finite &= torch.isfinite(loss.detach())
             logged = {"loss": loss, **terms}
             if layers is not None:
@@ -198,4 +207,5 @@ class StudentStep:
             self.max_grad_norm,
             finite=finite,
             agree=self._everywhere,
+            clip=self.accelerator.clip_grad_norm_,
         )

@@ -11,38 +11,34 @@ the best one. A step whose loss is not finite on any process is skipped everywhe
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DistributedType
-from accelerate.utils import (
-    DistributedDataParallelKwargs,
-    InitProcessGroupKwargs,
-    ProjectConfiguration,
-    broadcast_object_list,
-)
+from accelerate.utils import broadcast_object_list
 from torch import nn
 
 from ..contracts import AvailableTeachers, Extractor, GuidanceSchedule, Task, TaskData, TaskOnly
 from ..errors import CaldError
-from ..layout import CHECKPOINTS_DIR, METRICS_FILE, TRACKERS_DIR
+from ..layout import CHECKPOINTS_DIR, METRICS_FILE
 from ..spec.sections import EvaluationSection, TrainingSection
 from .activations import enable_gradient_checkpointing
 from .batching import epoch_batches, make_loader, total_steps, updates_in
 from .checkpoints import remove_temporaries
 from .evaluation import evaluate_model
 from .guidance import GuidanceSetup, TrainerContext
-from .logbook import Logbook, check_trackers
+from .layouts import is_sharded, make_accelerator, shard_layers_of
+from .logbook import Logbook
 from .losses import LossConfig
 from .optim import build_optimizer
 from .precision import Precision
 from .rng import seed_everything
 from .schedules import build_scheduler
+from .shards import full_weights
 from .state import Checkpointer, Progress, is_better
 from .step import StepResult, StudentStep
 
@@ -107,45 +103,6 @@ def _number(value: torch.Tensor) -> float | list[float]:
     return value.tolist() if value.dim() else value.item()
 
 
-#: accelerate layouts that shard or wrap the model in ways this loop does not drive: it prepares
-#: only the student (never the optimizer) and runs its own backward, clipping and steps, so
-#: under these the student would train unsharded and unsynchronised, or not at all
-_UNSUPPORTED = {
-    DistributedType.DEEPSPEED: "DeepSpeed",
-    DistributedType.FSDP: "FSDP",
-    DistributedType.MEGATRON_LM: "Megatron-LM",
-    DistributedType.XLA: "XLA",
-}
-
-
-def check_distributed_type(kind: DistributedType) -> None:
-    """Refuse an accelerate layout the loop cannot train under, rather than train wrongly."""
-    if kind in _UNSUPPORTED:
-        raise CaldError(
-            f"the accelerate configuration asks for {_UNSUPPORTED[kind]}, which the trainer does not "
-            "support: use one process or data-parallel processes (see docs/distributed.md)"
-        )
-
-
-def _make_accelerator(training: TrainingSection, output_dir: Path) -> Accelerator:
-    check_trackers(list(training.trackers))
-    accelerator = Accelerator(
-        # under torchrun on a CPU-only machine, ``cpu=True`` is what makes the processes a group
-        cpu=not torch.cuda.is_available(),
-        log_with=list(training.trackers) or None,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / TRACKERS_DIR)
-        ),
-        kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=True),
-            # evaluation runs on the main process while the others wait
-            InitProcessGroupKwargs(timeout=timedelta(hours=2)),
-        ],
-    )
-    check_distributed_type(accelerator.distributed_type)
-    return accelerator
-
-
 class Trainer:
     """A training run of ``student`` on ``task`` under ``guidance`` (task loss only when ``None``).
 
@@ -174,7 +131,7 @@ class Trainer:
         self.task, self.data, self.loss = task, data, loss
         self.training, self.evaluation = training, evaluation
         self.output_dir, self.seed, self.on_step_end = Path(output_dir), seed, on_step_end
-        self.accelerator = _make_accelerator(training, self.output_dir)
+        self.accelerator = make_accelerator(training, self.output_dir)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self.precision = Precision(training.precision, self.device)
@@ -185,13 +142,20 @@ class Trainer:
         self.student = student
         if training.gradient_checkpointing:
             enable_gradient_checkpointing(student)
-        self.optimizer = build_optimizer(student, training, param_groups=True)
-        self.scheduler = build_scheduler(self.optimizer, training, self.total_steps)
-        self.model = self.accelerator.prepare_model(student)
+        self.sharded = is_sharded(self.accelerator)
+        # sharding replaces the parameters of the module it is given: under FSDP a copy is
+        # sharded and the caller's student stays whole, in host memory, for evaluation and export
+        trained = copy.deepcopy(student) if self.sharded else student
+        if self.sharded:
+            student.to("cpu")
+        shard_layers_of(self.accelerator, trained)
+        optimizer = build_optimizer(trained, training, param_groups=True)
+        scheduler = build_scheduler(optimizer, training, self.total_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(trained, optimizer, scheduler)
         self.schedule = self._build_schedule(guidance)
         self.student_step = StudentStep(
             model=self.model,
-            parameters=list(student.parameters()),
+            parameters=list(self.model.parameters()),
             task=task,
             loss=loss,
             extractor=extractor,
@@ -268,12 +232,27 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation and saving
 
+    def whole_student(self) -> nn.Module:
+        """The student with the trained weights, whole, on the main process.
+
+        Every process must call it: under FSDP it gathers the shards into the caller's student
+        (on the main process's device); otherwise that student is the trained module itself.
+        """
+        if not self.sharded:
+            return self.accelerator.unwrap_model(self.model)
+        weights = full_weights(self.model)
+        if self.accelerator.is_main_process:
+            self.student.load_state_dict(weights)
+            self.student.to(self.device)
+        return self.student
+
     def _evaluate(self) -> dict[str, float]:
         """Metrics computed on the main process (exact for any metric) and shared with the rest."""
         holder: list[Any] = [None]
+        model = self.whole_student()
         if self.accelerator.is_main_process:
             holder[0] = evaluate_model(
-                self.accelerator.unwrap_model(self.model),
+                model,
                 self.task,
                 self.data,
                 self.training,
@@ -330,7 +309,7 @@ class Trainer:
         if step % self.training.log_every == 0 or step == self.total_steps:
             self._log_window(log, step, epoch, result.lr)
         if self.on_step_end is not None:
-            model = self.accelerator.unwrap_model(self.model)
+            model = self.whole_student()
             main = self.accelerator.is_main_process
             self.on_step_end(StepEnd(step, self.total_steps, model, main))
         self._evaluate_and_save(step, epoch, log)
@@ -417,6 +396,7 @@ class Trainer:
         select_best = self.evaluation.select_best and progress.best_step != progress.step
         if select_best:
             self.checkpoints.load_weights(progress.best_step)
+        self.whole_student()
         return TrainResult(
             steps=progress.step,
             total_steps=self.total_steps,

@@ -51,7 +51,8 @@ def teacher_cache_key(context: RunContext) -> str:
         "model": spec.teacher.model,
         "task": spec.task.kind,
         "task_options": context.task_options.model_dump(mode="json"),
-        "training": validated.teacher_training.model_dump(mode="json"),
+        # how the processes share the work changes rounding only, like their number
+        "training": validated.teacher_training.model_dump(mode="json", exclude={"distributed"}),
         "num_waypoints": spec.teacher.num_waypoints,
         "seed": spec.experiment.seed,
         "cald_framework": __version__,

@@ -73,6 +73,27 @@ class ParamGroupSection(Section):
         return self
 
 
+class DistributedSection(Section):
+    """How the trained model is spread over the processes (see docs/distributed.md)."""
+
+    #: ``ddp`` replicates it; ``fsdp`` shards parameters, gradients and optimizer state (FSDP2);
+    #: ``deepspeed`` hands it to a DeepSpeed ZeRO engine
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    #: ZeRO stage under ``deepspeed``: 2 shards optimizer state and gradients, 3 also parameters
+    zero_stage: Literal[2, 3] | None = None
+    #: keep the sharded state in host memory (FSDP: parameters and optimizer; ZeRO: optimizer,
+    #: and parameters at stage 3)
+    offload: bool = False
+
+    @model_validator(mode="after")
+    def _zero_stage_is_deepspeeds(self) -> DistributedSection:
+        if self.zero_stage is not None and self.strategy != "deepspeed":
+            raise ValueError(f"zero_stage is a DeepSpeed setting; strategy is {self.strategy!r}")
+        if self.offload and self.strategy == "ddp":
+            raise ValueError("offload needs strategy 'fsdp' or 'deepspeed'")
+        return self
+
+
 class TrainingSection(Section):
     """Optimisation settings of the student (and, through ``[teacher.finetune]``, of the teacher)."""
 
@@ -117,6 +138,7 @@ class TrainingSection(Section):
     max_nonfinite_steps: int = Field(default=5, ge=1)
     trackers: list[Literal["tensorboard", "wandb"]] = []
     num_workers: int = Field(default=0, ge=0)
+    distributed: DistributedSection = DistributedSection()
 
     @model_validator(mode="after")
     def _exponential_needs_a_floor(self) -> TrainingSection:

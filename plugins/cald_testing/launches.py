@@ -1,0 +1,65 @@
+"""``python -m cald_framework run`` on one process or under ``torchrun``, and what it logged.
+
+The *fair* workspace makes runs on different numbers of processes comparable: with
+``group_by_length = false`` an epoch's order is a permutation that does not depend on the
+batch size, and the engine deals per-process batches round-robin, so two processes with batch
+``b`` see at each step exactly the rows that one process sees in its batch of ``2b``. Every
+review has six words (no padding) and dropout is off, so what remains is float32 rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .workspaces import build_review_workspace
+
+#: offline, one thread per process (two processes share the cores)
+ENVIRONMENT = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
+#: the loss terms every train event of a guided run logs
+TERMS = ("loss", "task", "kd", "ld")
+
+
+def build_fair_workspace(root: Path, save_every: int | None) -> Path:
+    """The review workspace, one short epoch, comparable across numbers of processes."""
+    changes = {
+        "teacher.num_waypoints": 2,
+        "teacher.finetune.epochs": 1,
+        "training.epochs": 1,
+        "training.group_by_length": False,
+        "training.save_every": save_every,
+    }
+    build_review_workspace(root, changes, dropout=0.0)
+    return root
+
+
+def run_command(output: str, processes: int, batch_size: int, *settings: str) -> list[str]:
+    """``run spec.toml`` into ``output`` (under ``torchrun`` when ``processes > 1``), with
+    ``--set`` for each of ``settings``."""
+    command = [sys.executable, "-m", "cald_framework", "run", "spec.toml"]
+    for setting in (f"experiment.output_dir={output}", f"training.batch_size={batch_size}", *settings):
+        command += ["--set", setting]
+    if processes > 1:
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return command
+
+
+def train_events(metrics: Path) -> list[dict[str, Any]]:
+    """The per-step events of a ``metrics.jsonl``."""
+    events = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [event for event in events if event["event"] == "train"]
+
+
+def largest_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
+    """The largest difference of any logged loss term between two runs of the same steps."""
+    assert [event["step"] for event in a] == [event["step"] for event in b]
+    return max(abs(x[term] - y[term]) for x, y in zip(a, b) for term in TERMS if term in x)

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The prepared GPU check (docs/gpu_check.md): on a machine with one NVIDIA GPU and no network,
+# from a fresh checkout whose venv was installed from pre-downloaded wheels, in under 8 minutes:
+#   1. environment  the GPU, torch and CUDA versions
+#   2. cuda-tests   pytest -m cuda (mixers on CUDA vs CPU, mamba-ssm kernels vs PyTorch, bf16 steps)
+#   3. conversion   MiniLM -> Linformer (specs/quickstart.toml), 200 steps in bf16
+#   4. scaling      benchmarks/bench_scaling.py up to 32k tokens
+# and prints one summary. --dry-run (CI, no GPU): the same stages in their CPU-skippable form
+# (the CUDA tests collected and skipped, the conversion spec validated, the bench's options
+# parsed), so that the script, its spec overrides and its commands stay valid.
+#
+#   scripts/gpu_check.sh [--dry-run] [--out DIR]        (PY=path/to/python to choose the venv)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=full
+OUT=runs/gpu-check
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) MODE=dry-run ;;
+    --out) OUT="$2"; shift ;;
+    *) echo "usage: scripts/gpu_check.sh [--dry-run] [--out DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
+PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+ROWS=()
+FAILED=0
+START=$SECONDS
+
+# record STAGE STATUS SECONDS DETAIL
+record() {
+  ROWS+=("$(printf '%-12s %-8s %7s  %s' "$1" "$2" "$3" "$4")")
+  [ "$2" = failed ] && FAILED=$((FAILED + 1))
+  return 0
+}
+
+# stage NAME COMMAND...: runs COMMAND, stdout in $OUT/NAME.out, stderr in $OUT/NAME.log; sets
+# STATUS and TOOK
+stage() {
+  local name="$1"; shift
+  local began=$SECONDS
+  if "$@" >"$OUT/$name.out" 2>"$OUT/$name.log"; then STATUS=ok; else STATUS=failed; fi
+  TOOK=$((SECONDS - began))
+}
+
+# 1. environment
+ENVIRONMENT=$("$PY" - <<'PYTHON' 2>/dev/null
+import torch
+name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"{name}; torch {torch.__version__}; CUDA {torch.version.cuda or 'none'}")
+PYTHON
+) || ENVIRONMENT="python/torch not importable with $PY"
+if [[ "$ENVIRONMENT" == "python/torch"* ]]; then
+  record environment failed 0 "$ENVIRONMENT"
+elif [ "$MODE" = full ] && [[ "$ENVIRONMENT" == "no CUDA device"* ]]; then
+  record environment failed 0 "$ENVIRONMENT (a full check needs a GPU; use --dry-run)"
+else
+  record environment ok 0 "$ENVIRONMENT"
+fi
+
+# 2. the CUDA-only tests (they skip themselves without CUDA)
+stage cuda-tests "$PY" -m pytest -p no:cacheprovider -m cuda -rs tests/test_cuda.py
+COUNTS=$(grep -Eo '[0-9]+ (passed|failed|skipped|error)' "$OUT/cuda-tests.out" | paste -sd, -)
+record cuda-tests "$STATUS" "$TOOK" "${COUNTS:-no tests ran} (output: $OUT/cuda-tests.out)"
+
+# 3. a short real conversion, MiniLM -> Linformer, bf16
+CONVERSION=(specs/quickstart.toml
+  --set "experiment.output_dir=$OUT/conversion" --set "experiment.teacher_cache=$OUT/teacher-cache"
+  --set training.max_steps=200 --set training.precision=bf16)
+if [ "$MODE" = full ]; then
+  stage conversion "$PY" -m cald_framework run "${CONVERSION[@]}"
+  DETAIL=$("$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(', '.join(f'{k} {v}' for k,v in r.items() if k!='results'))" \
+    "$OUT/conversion.out" 2>/dev/null || echo "no summary")
+  record conversion "$STATUS" "$TOOK" "200 steps bf16: $DETAIL"
+else
+  stage conversion "$PY" -m cald_framework validate "${CONVERSION[@]}"
+  record conversion "$STATUS" "$TOOK" "spec and overrides validated (not run: dry run)"
+fi
+
+# 4. the scaling bench up to 32k tokens
+SCALING=(benchmarks/bench_scaling.py --scenarios minilm --repeats 1 --overhead-steps 0
+  --text-lengths 512,2048,8192,32768 --out "$OUT/scaling")
+if [ "$MODE" = full ]; then
+  stage scaling "$PY" "${SCALING[@]}"
+  record scaling "$STATUS" "$TOOK" "tables in $OUT/scaling"
+else
+  stage scaling "$PY" "${SCALING[@]}" --help
+  record scaling "$STATUS" "$TOOK" "options parsed (not run: dry run)"
+fi
+
+{
+  echo "GPU CHECK ($MODE) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf '%-12s %-8s %7s  %s\n' stage status seconds detail
+  printf '%s\n' "${ROWS[@]}"
+  if [ "$FAILED" -eq 0 ]; then RESULT=ok; else RESULT=failed; fi
+  echo "RESULT $RESULT: ${#ROWS[@]} stages, $FAILED failed, $((SECONDS - START)) s"
+} | tee "$SUMMARY"
+[ "$FAILED" -eq 0 ]
