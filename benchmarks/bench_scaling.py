@@ -199,6 +199,8 @@ def run(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
     if teacher.family.extend_positions(teacher.backbone, longest):
         print(f"{name}: teacher position table extended to {longest} with random rows")
     students = hybrid_students(teacher, scenario.mixer, longest, args.keep_attention)
+    for model in (teacher, *students.values()):
+        model.to(args.device)
     base = f"{name} -> {scenario.mixer}"
     rows = scaling(
         {"teacher": teacher, **{f"student-{kept}": model for kept, model in students.items()}},
@@ -245,6 +247,10 @@ def main() -> None:
         "--clock", choices=["wall", "cpu"], default="wall",
         help="cpu: CPU seconds of one torch thread, steadier when other jobs share the machine",
     )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the forwards of the scaling table run (default: the GPU when there is one)",
+    )
     parser.add_argument("--text-lengths", help="comma-separated token counts (default: 128 to 8192)")
     parser.add_argument("--audio-lengths", help="comma-separated seconds of audio (default: 1 to 60)")
     parser.add_argument(
@@ -272,7 +278,8 @@ def main() -> None:
     print(format_table(summary, list(summary[0])))
     if overhead:
         print(format_table(overhead, list(overhead[0])))
-    print(f"clock: {args.clock}; torch threads: {torch.get_num_threads()}; results in {out}")
+    print(f"device: {args.device}; clock: {args.clock}; torch threads: {torch.get_num_threads()}; "
+          f"results in {out}")
 
 
 if __name__ == "__main__":
