@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .errors import CaldError
@@ -76,6 +74,10 @@ def add_lora(student: CaldModel, lora: LoraSection) -> LoraSummary:
     The adapters' random initialisation is drawn from torch's global generator: callers seed
     it, so a resumed run builds the same model as the interrupted one.
     """
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise CaldError("student.lora needs peft: pip install 'cald-framework[lora]'") from None
     targets = lora_targets(student, lora.target_modules)
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets
@@ -94,6 +96,10 @@ def add_lora(student: CaldModel, lora: LoraSection) -> LoraSummary:
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter of ``model`` into its base layer and put the base layers back, in
     place; a model without adapters is returned unchanged. Returns ``model``."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # without peft no model has adapters
+        return model
     adapted = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
     for name, layer in adapted:
         layer.merge()
