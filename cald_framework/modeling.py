@@ -31,6 +31,7 @@ from .contracts import (
     SourcePlugin,
 )
 from .errors import CaldError, CheckpointError, PluginError
+from .generation import CaldGenerationMixin
 from .heads import build_head
 from .validation import validate_options
 
@@ -156,8 +157,10 @@ def mixer_options(plugin: MixerPlugin, options: PluginOptions | Mapping[str, Any
     return validate_options(plugin.options, options, f"mixer {plugin.name!r}")
 
 
-class CaldModel(PreTrainedModel):
+class CaldModel(PreTrainedModel, CaldGenerationMixin):
     """Backbone from a source plugin + host head + optional mixers; returns :class:`CaldOutput`.
+
+    Causal language models also ``generate()`` (:mod:`cald_framework.generation`).
 
     ``source`` and ``mixer`` plugins may be passed explicitly (tests, unregistered plugins);
     otherwise they are looked up by the names in the config.
@@ -303,8 +306,14 @@ class CaldModel(PreTrainedModel):
 
     # ----------------------------------------------------------------- running
 
-    def forward(self, **inputs: torch.Tensor) -> CaldOutput:
-        """Run on model inputs (``input_ids``/``input_values`` and ``attention_mask``)."""
+    def forward(self, **inputs: Any) -> Any:
+        """Run on model inputs (``input_ids``/``input_values`` and ``attention_mask``).
+
+        A call with ``cache`` (``generate()`` makes them) is a generation step instead, see
+        :meth:`~cald_framework.generation.CaldGenerationMixin.generation_forward`.
+        """
+        if "cache" in inputs:
+            return self.generation_forward(**inputs)
         mask = self.family.hidden_mask(self.backbone, inputs)
         self.padding_state.set(mask)
         layers = self.family.layers(self.backbone)

@@ -233,10 +233,14 @@ class TransformersFamily(SourceFamily):
 
 
 class CausalTextFamily(TransformersFamily):
-    """Decoder-only language models: token inputs, a causal LM head, no key/value cache."""
+    """Decoder-only language models: token inputs and a causal LM head.
+
+    ``cache`` is a transformers cache that generation passes on to the layers that kept their
+    attention; without it no keys and values are kept.
+    """
 
     causal = True
     modality = "text"
     has_lm_head = True
-    input_names = ("input_ids", "attention_mask")
+    input_names = ("input_ids", "attention_mask", "cache")
     forward_kwargs = MappingProxyType({"use_cache": False})
