@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cald_mixers.conv import CausalConvSiLU
 
 from cald_framework.cache import CaldCache, MixerStateLayer
 from cald_framework.contracts import StateStore, advance
@@ -108,6 +109,10 @@ def test_left_padded_prompts_of_different_lengths_generate_as_one_at_a_time(
     case, mixer, stepped, make_student
 ):
     student = make_student(case, mixer)
+    with torch.no_grad():  # attention init zeroes them: then padding would reach no state anyway
+        for module in student.modules():
+            if isinstance(module, CausalConvSiLU):
+                module.bias.normal_(generator=torch.Generator().manual_seed(3))
     if stepped:
         _step_only(student)
     prompts = [_prompts(1, length)[0] for length in (7, 3, 5)]
@@ -116,9 +121,15 @@ def test_left_padded_prompts_of_different_lengths_generate_as_one_at_a_time(
     for row, prompt in enumerate(prompts):
         batch[row, 7 - len(prompt) :], mask[row, 7 - len(prompt) :] = prompt, 1
     together = student.generate(batch, attention_mask=mask, max_new_tokens=8, **GREEDY)
+    with torch.no_grad():
+        cache = CaldCache(student.family, student.backbone)
+        padded = student(input_ids=batch, attention_mask=mask, cache=cache).logits
     for row, prompt in enumerate(prompts):
         alone = student.generate(prompt[None], max_new_tokens=8, **GREEDY)
         assert torch.equal(together[row, 7 - len(prompt) :], alone[0])
+        with torch.no_grad():
+            expected = student(input_ids=prompt[None]).logits[0]
+        torch.testing.assert_close(padded[row, 7 - len(prompt) :], expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("case", ["gpt-neox", "llama"])
