@@ -1,15 +1,16 @@
-"""Per-token generation latency and memory against context length: teacher against student.
+"""Generation with a constant-size state: prefill, per-token latency and memory, teacher against student.
 
 The teacher is a GPT-NeoX with pythia-70m's dimensions (random weights: timing does not depend
-on them) decoding with transformers' key/value cache: the model's own forward, one token per
-call, with ``past_key_values``. The student is its ``mamba`` conversion decoding through
-:class:`cald_framework.generation.RecurrentDecoder`, whose mixers carry a fixed-size state.
+on them); the student is its ``mamba`` conversion. Both decode through the same path, the one
+``generate()`` uses: the model's forward with a :class:`cald_framework.cache.CaldCache`, which
+holds the teacher's keys and values and the student's mixer states.
 
-For each context length the context is consumed first (the teacher in one forward that fills
-its cache, the student token by token), then ``--tokens`` new tokens are decoded greedily and
-timed one by one. The table gives the median time per token, the size of the decoding state
-(the teacher's cache grows with the context; the student's does not) and the memory one decode
-step allocates.
+First, a ``--prefill`` token prompt is read by the student twice: in one parallel forward (the
+chunked scan returns the final states) and token by token (one recurrent step per position);
+the ratio is the prefill speed-up. Then for each context length the context is read in one
+forward and ``--tokens`` new tokens are decoded greedily and timed one by one. The table gives
+the median time per token, the size of the decoding state (the teacher's cache grows with the
+context; the student's does not) and the memory one decode step allocates.
 
     python benchmarks/bench_generation.py --out docs/figures
 """
@@ -17,9 +18,9 @@ step allocates.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ import torch
 
 from cald_framework.analysis.measure import CLOCKS, peak_bytes, synthetic_inputs
 from cald_framework.analysis.output import figure, format_table, progress, write_csv
+from cald_framework.cache import CaldCache
 from cald_framework.contracts import HeadSpec
 from cald_framework.conversion import convert
-from cald_framework.generation import RecurrentDecoder
 from cald_framework.modeling import CaldModel
 from cald_framework.plugin_manager import load_registries
 
@@ -43,58 +44,50 @@ PYTHIA_70M = {
 MB = 2**20
 
 
-def _tensor_bytes(value: Any) -> int:
-    """Bytes of every tensor in ``value`` (tensors, dataclasses and lists of them)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if dataclasses.is_dataclass(value):
-        return sum(_tensor_bytes(getattr(value, f.name)) for f in dataclasses.fields(value))
-    if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(item) for item in value)
-    return 0
+def _read(model: CaldModel, tokens: torch.Tensor, cache: CaldCache) -> torch.Tensor:
+    """Next-token choices after ``tokens`` ``[B, T]``, read into ``cache``."""
+    return model(input_ids=tokens, cache=cache).logits[:, -1].argmax(-1)
 
 
-def _decode(step: Any, first: torch.Tensor, tokens: int, clock: str) -> tuple[float, int]:
-    """Median seconds per greedy step over ``tokens`` steps, and the peak bytes of one step."""
+def _seconds(run: Callable[[], Any], clock: str) -> float:
     now = CLOCKS[clock]
-    token = first
+    start = now()
+    run()
+    return now() - start
+
+
+def prefill_figures(student: CaldModel, prompt: torch.Tensor, clock: str) -> dict[str, float]:
+    """Seconds to read ``prompt`` in one parallel forward and one position at a time."""
+
+    def stepped() -> None:
+        cache = CaldCache(student.family, student.backbone)
+        for position in range(prompt.shape[1]):
+            _read(student, prompt[:, position : position + 1], cache)
+
+    parallel = min(
+        _seconds(lambda: _read(student, prompt, CaldCache(student.family, student.backbone)), clock)
+        for _ in range(2)
+    )
+    sequential = _seconds(stepped, clock)
+    return {"prompt": prompt.shape[1], "parallel_prefill_s": parallel,
+            "token_by_token_s": sequential, "speed_up": sequential / parallel}
+
+
+def decode_figures(
+    role: str, model: CaldModel, context: torch.Tensor, tokens: int, clock: str
+) -> dict[str, float]:
+    """Median seconds per greedy token after ``context``, the cache size and one step's peak."""
+    cache = CaldCache(model.family, model.backbone)
+    token = _read(model, context, cache)
     times = []
     for _ in range(tokens):
-        start = now()
-        token = step(token)
-        times.append(now() - start)
-    return statistics.median(times), peak_bytes(lambda: step(token), torch.device("cpu"))
-
-
-def teacher_figures(
-    teacher: CaldModel, context: torch.Tensor, tokens: int, clock: str
-) -> dict[str, float]:
-    backbone = teacher.backbone
-    output = backbone(input_ids=context, use_cache=True)
-    cache = output.past_key_values
-
-    def step(token: torch.Tensor) -> torch.Tensor:
-        logits = backbone(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits
-        return logits[:, -1].argmax(-1)
-
-    seconds, peak = _decode(step, output.logits[:, -1].argmax(-1), tokens, clock)
-    state = sum(_tensor_bytes([layer.keys, layer.values]) for layer in cache.layers)
-    return {"teacher_ms_per_token": seconds * 1000, "teacher_state_mb": state / MB,
-            "teacher_step_peak_mb": peak / MB}
-
-
-def student_figures(
-    student: CaldModel, context: torch.Tensor, tokens: int, clock: str
-) -> dict[str, float]:
-    with RecurrentDecoder(student, context.shape[0]) as decoder:
-        for position in range(context.shape[1] - 1):
-            decoder.feed(context[:, position])
-        seconds, peak = _decode(
-            lambda t: decoder.feed(t).argmax(-1), context[:, -1], tokens, clock
-        )
-        state = sum(_tensor_bytes(slot.recurrent_state) for slot in decoder.slots)
-    return {"student_ms_per_token": seconds * 1000, "student_state_mb": state / MB,
-            "student_step_peak_mb": peak / MB}
+        start = CLOCKS[clock]()
+        token = _read(model, token[:, None], cache)
+        times.append(CLOCKS[clock]() - start)
+    state = cache.nbytes()
+    peak = peak_bytes(lambda: _read(model, token[:, None], cache), torch.device("cpu"))
+    return {f"{role}_ms_per_token": statistics.median(times) * 1000,
+            f"{role}_state_mb": state / MB, f"{role}_step_peak_mb": peak / MB}
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -117,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="128,512,1024,2048,4096")
     parser.add_argument("--tokens", type=int, default=16, help="decoded tokens timed per context")
+    parser.add_argument("--prefill", type=int, default=2048, help="prompt length of the prefill test")
     parser.add_argument("--out", default="bench-results")
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall",
@@ -129,18 +123,23 @@ def main() -> None:
     teacher = CaldModel.from_source_config("gpt-neox", PYTHIA_70M, HeadSpec("causal_lm")).eval()
     student, _ = convert(teacher, load_registries().mixers.get("mamba"), {}, 8192)
     student.eval()
-    rows = []
     with torch.inference_mode():
+        prompt = synthetic_inputs(teacher, args.prefill, 1)["input_ids"]
+        prefill = prefill_figures(student, prompt, args.clock)
+        rows = []
         for length in progress([int(c) for c in args.contexts.split(",")], "contexts"):
             context = synthetic_inputs(teacher, length, 1)["input_ids"]
             rows.append(
-                {"context": length, **teacher_figures(teacher, context, args.tokens, args.clock),
-                 **student_figures(student, context, args.tokens, args.clock)}
+                {"context": length,
+                 **decode_figures("teacher", teacher, context, args.tokens, args.clock),
+                 **decode_figures("student", student, context, args.tokens, args.clock)}
             )
+    print(format_table([prefill], list(prefill)))
     columns = list(rows[0])
     print(format_table(rows, columns))
     out = Path(args.out)
     write_csv(out / "bench_generation.csv", rows, columns)
+    write_csv(out / "bench_generation_prefill.csv", [prefill], list(prefill))
     plot(rows, out / "bench_generation.png")
     print(f"clock: {args.clock}; torch threads: {torch.get_num_threads()}; results in {out}")
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import GenerationConfig, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import (
     CausalLMOutput,
     CausalLMOutputWithPast,
@@ -38,6 +38,7 @@ from .contracts import (
     SourcePlugin,
 )
 from .errors import CaldError, CheckpointError, PluginError
+from .generation import CaldGenerationMixin
 from .heads import build_head
 from .validation import validate_options
 
@@ -229,8 +230,10 @@ def apply_loading_options(model: CaldModel, path: Path, options: Mapping[str, An
     return model
 
 
-class CaldModel(PreTrainedModel):
+class CaldModel(PreTrainedModel, CaldGenerationMixin):
     """Backbone from a source plugin + host head + optional mixers; returns :class:`CaldOutput`.
+
+    Causal language models also ``generate()`` (:mod:`cald_framework.generation`).
 
     ``source`` and ``mixer`` plugins may be passed explicitly (tests, unregistered plugins);
     otherwise they are looked up by the names in the config.
@@ -409,12 +412,15 @@ class CaldModel(PreTrainedModel):
 
     # ----------------------------------------------------------------- running
 
-    def forward(self, **inputs: torch.Tensor) -> CaldOutput:
+    def forward(self, **inputs: Any) -> Any:
         """Run on model inputs (``input_ids``/``input_values`` and ``attention_mask``).
 
-        Floating-point inputs (audio) are cast to the weights' dtype, so bf16 weights take
-        float32 features.
+        A call with ``cache`` (``generate()`` makes them) is a generation step instead, see
+        :meth:`~cald_framework.generation.CaldGenerationMixin.generation_forward`. Floating-point
+        inputs (audio) are cast to the weights' dtype, so bf16 weights take float32 features.
         """
+        if "cache" in inputs:
+            return self.generation_forward(**inputs)
         inputs = {
             name: value.to(self.dtype) if value.is_floating_point() else value
             for name, value in inputs.items()
@@ -544,23 +550,14 @@ class CaldForCTC(CaldForTask):
     main_input_name = "input_values"
 
 
-class CaldForCausalLM(CaldForTask, GenerationMixin):
-    """A causal language model that transformers' ``generate()`` can drive.
-
-    Without a cache: every generation step re-runs the whole sequence, exact for students and
-    hybrids alike but quadratic in time.
-    """
+class CaldForCausalLM(CaldForTask):
+    """A causal language model for transformers' ``generate()`` and ``text-generation``
+    pipelines, with the recurrent cache of :mod:`cald_framework.generation`."""
 
     head_kind = "causal_lm"
     output_class = CausalLMOutputWithPast
     main_input_name = "input_ids"
-    ignored_inputs = CaldForTask.ignored_inputs | {
-        "use_cache",
-        "past_key_values",
-        "cache_position",
-        "position_ids",
-        "logits_to_keep",
-    }
+    ignored_inputs = CaldForTask.ignored_inputs | {"use_cache", "position_ids", "logits_to_keep"}
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -572,16 +569,11 @@ class CaldForCausalLM(CaldForTask, GenerationMixin):
             model.generation_config = GenerationConfig.from_pretrained(directory)
         return model
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        """No key/value cache: ``generate()`` must not build one for this model."""
-        return False
-
-    def prepare_inputs_for_generation(  # type: ignore[override]
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
-    ) -> dict[str, Any]:
-        """The whole sequence so far, at every step (see the class docstring)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    def forward(self, **inputs: Any) -> ModelOutput:  # type: ignore[override]
+        """A generation step (a call with ``cache``) keeps its cache in the output record."""
+        if "cache" in inputs:
+            return self.generation_forward(**inputs)
+        return super().forward(**inputs)
 
 
 #: the transformers Auto class that loads a saved model with each head kind

@@ -3,18 +3,22 @@
 A mixer plugin registers a :class:`MixerPlugin` whose ``build(options, context)`` returns a
 module obeying :class:`SequenceMixer` (``[B, T, D]`` in and out, padding never leaking into
 valid positions); causal mixers that can also run one position at a time obey
-:class:`RecurrentMixer` as well, which makes students generate with a constant-size state.
+:class:`RecurrentMixer` as well, which makes students generate with a constant-size state,
+and :class:`PrefillMixer` where they can also read a prompt in parallel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from ..errors import CaldError
 from .options import PluginOptions
 
 
@@ -84,20 +88,101 @@ class RecurrentMixer(Protocol):
 
 
 @runtime_checkable
-class RecurrentSlot(Protocol):
-    """What a family wires into an attention slot, when it can also run one position at a time.
+class PrefillMixer(Protocol):
+    """A recurrent mixer that can also read a whole prompt in parallel and return its state.
 
-    Generation puts every slot of a student in step mode: each call of the backbone then takes
-    one position and the slot advances its mixer's :class:`RecurrentMixer` state.
+    Generation prefills the prompt through it in one call (the chunked scan), then steps.
+    ``padding_mask`` marks left padding: masked positions must leave the state unchanged, so
+    a left-padded prompt ends in the state the unpadded one reaches. A recurrent mixer without
+    ``prefill`` still generates: the prompt is stepped through one position at a time.
     """
 
-    def start_recurrence(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-        """Enter step mode from an empty history; an error if the mixer cannot step."""
+    def prefill(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Any]:
+        """``[B, T, D]`` from an empty history: the forward's output and the state after ``T``."""
         ...
 
-    def stop_recurrence(self) -> None:
-        """Leave step mode and drop the state."""
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where one mixer layer keeps its recurrent state between forwards (a generation cache)."""
+
+    #: the mixer's state, or ``None`` before the first position
+    state: Any
+
+
+@runtime_checkable
+class RecurrentSlot(Protocol):
+    """What a family wires into an attention slot, when it can also run against a state.
+
+    Generation attaches each slot of a student to its layer's :class:`StateStore`: each call
+    of the backbone then continues the sequences from the stored state (see :func:`advance`).
+    """
+
+    def attach(self, store: StateStore | None) -> None:
+        """Run later calls against ``store``; ``None`` is back to whole-sequence mode."""
         ...
+
+
+def map_state(function: Callable[..., torch.Tensor], *states: Any) -> Any:
+    """Apply ``function`` leaf-wise to mixer states of the same structure (tensors inside
+    dataclasses, tuples, lists and dicts), e.g. to select batch rows of any mixer's state."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return function(*states)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        fields = {
+            field.name: map_state(function, *(getattr(state, field.name) for state in states))
+            for field in dataclasses.fields(first)
+        }
+        return dataclasses.replace(first, **fields)
+    if isinstance(first, (tuple, list)):
+        return type(first)(map_state(function, *items) for items in zip(*states))
+    if isinstance(first, dict):
+        return {key: map_state(function, *(state[key] for state in states)) for key in first}
+    return first
+
+
+def advance(
+    mixer: nn.Module,
+    hidden_states: torch.Tensor,
+    padding_mask: torch.Tensor | None,
+    store: StateStore,
+) -> torch.Tensor:
+    """Run ``mixer`` on ``[B, T, D]`` continuing from ``store.state``, and store the new state.
+
+    From an empty store a :class:`PrefillMixer` reads all ``T`` positions in parallel; else the
+    mixer steps position by position, and a masked position keeps the state it found.
+    """
+    if store.state is None and isinstance(mixer, PrefillMixer):
+        output, store.state = mixer.prefill(hidden_states, padding_mask)
+        return output
+    if not isinstance(mixer, RecurrentMixer):
+        raise CaldError(
+            f"mixer {type(mixer).__name__} has no recurrent step (init_state/step), "
+            "so it cannot generate with a state"
+        )
+    batch, time = hidden_states.shape[:2]
+    state = store.state
+    if state is None:
+        state = mixer.init_state(batch, hidden_states.device, hidden_states.dtype)
+    outputs = []
+    for position in range(time):
+        output, stepped = mixer.step(hidden_states[:, position], state)
+        if padding_mask is None:
+            state = stepped
+        else:
+            valid = padding_mask[:, position]
+            state = map_state(partial(_where_valid, valid), stepped, state)
+        outputs.append(output)
+    store.state = state
+    return torch.stack(outputs, dim=1)
+
+
+def _where_valid(valid: torch.Tensor, stepped: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``stepped`` for the batch rows where ``valid``, else ``kept``."""
+    return torch.where(valid.view(-1, *(1,) * (stepped.dim() - 1)), stepped, kept)
 
 
 def no_weight_decay_names(module: nn.Module) -> set[str]:

@@ -48,6 +48,12 @@ class CausalConvSiLU(nn.Conv1d):
             batch_size, self.in_channels, self.kernel_size[0], device=device, dtype=dtype
         )
 
+    def window_after(self, states: torch.Tensor) -> torch.Tensor:
+        """The window :meth:`step` holds after reading ``states [B, T, C]`` from an empty one."""
+        taps = self.kernel_size[0]
+        padded = F.pad(states, (0, 0, max(taps - states.shape[1], 0), 0))
+        return padded[:, -taps:].transpose(1, 2).contiguous()
+
     def step(self, state: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step: ``state [B, C]`` enters the window; returns the output and new window."""
         window = torch.cat([window[:, :, 1:], state.unsqueeze(-1)], dim=-1)

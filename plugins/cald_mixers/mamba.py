@@ -37,8 +37,14 @@ from cald_framework.contracts import AttentionProjections, MixerContext
 from . import attention_init
 from .conv import CausalConvSiLU
 from .kernels import CudaKernels, cuda_kernels
-from .padding import zero_padding
-from .scan import discretise, read_out, selective_scan
+from .padding import skip_padding, zero_padding
+from .prefill import PrefillingBlock
+from .scan import (
+    discretise,
+    read_out,
+    selective_scan,
+    selective_scan_with_state,
+)
 from .ssm_options import (
     DERIVED,
     SsmOptions,
@@ -93,7 +99,7 @@ def shared_score_maps(
     return input_map, output_map
 
 
-class MambaMixer(nn.Module):
+class MambaMixer(PrefillingBlock):
     """A Mamba-1 block as a causal sequence mixer, with a recurrent step for generation."""
 
     def __init__(self, options: MambaOptions, ctx: MixerContext):
@@ -139,27 +145,39 @@ class MambaMixer(nn.Module):
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.linear(dt, self.dt_proj.weight), B, C
 
-    def forward(
-        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x, gate = self.in_proj(zero_padding(hidden_states, padding_mask)).chunk(2, dim=-1)
-        x = self.conv1d(x)
+    def _run(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None, with_state: bool
+    ) -> tuple[torch.Tensor, MambaState | None]:
+        """The block on ``[B, T, D]``; padded positions (left or right) never touch the state:
+        their convolution input is zero and their time step too (:func:`.skip_padding`)."""
+        conv_input, gate = self.in_proj(hidden_states).chunk(2, dim=-1)
+        conv_input = zero_padding(conv_input, padding_mask)
+        x = self.conv1d(conv_input)
         dt, B, C = self._selective_inputs(x)
-        kernels = cuda_kernels(x)
-        if kernels is None:
-            mixed = self._scan(x, dt, B, C).to(x.dtype) * F.silu(gate)
-        else:
-            mixed = self._kernel_scan(kernels, x, dt, B, C, gate)
-        return self.out_proj(mixed)
+        dt = skip_padding(dt, padding_mask)
+        kernels = None if with_state else cuda_kernels(x)
+        if kernels is not None:
+            return self.out_proj(self._kernel_scan(kernels, x, dt, B, C, gate)), None
+        y, last = self._scan(x, dt, B, C, with_state)
+        output = self.out_proj(y.to(x.dtype) * F.silu(gate))
+        if last is None:
+            return output, None
+        return output, MambaState(self.conv1d.window_after(conv_input), last.to(x.dtype))
 
     def _scan(
-        self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor
-    ) -> torch.Tensor:
-        """The selective scan in PyTorch, in at least float32 like the CUDA kernel."""
+        self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor, with_state: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The selective scan in PyTorch, in at least float32 like the CUDA kernel, with the
+        state after the last step when ``with_state``."""
         x, dt, B, C, bias, A_log, D = at_least_float32(
             x, dt, B, C, self.dt_proj.bias, self.A_log, self.D
         )
-        return selective_scan(x, F.softplus(dt + bias), -torch.exp(A_log), B, C) + x * D
+        arguments = (x, F.softplus(dt + bias), -torch.exp(A_log), B, C)
+        if with_state:
+            y, last = selective_scan_with_state(*arguments)
+        else:
+            y, last = selective_scan(*arguments), None
+        return y + x * D, last
 
     def _kernel_scan(
         self, kernels: CudaKernels, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, gate: Tensor

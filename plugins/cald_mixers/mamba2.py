@@ -38,7 +38,8 @@ from .attention_init import (
 )
 from .conv import CausalConvSiLU
 from .kernels import CudaKernels, cuda_kernels
-from .padding import zero_padding
+from .padding import skip_padding, zero_padding
+from .prefill import PrefillingBlock
 from .ssd import ssd_scan
 from .ssm_options import (
     DERIVED,
@@ -147,7 +148,7 @@ class Mamba2Geometry:
         return cls(d_inner, heads, headdim, d_state, ngroups)
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(PrefillingBlock):
     """A Mamba2 block as a causal sequence mixer, with a recurrent step for generation."""
 
     def __init__(
@@ -207,27 +208,36 @@ class Mamba2Mixer(nn.Module):
             C.unflatten(-1, (self.ngroups, self.d_state)),
         )
 
-    def forward(
-        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        gate, xbc, dt = self._split(self.in_proj(zero_padding(hidden_states, padding_mask)))
+    def _run(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None, with_state: bool
+    ) -> tuple[torch.Tensor, Mamba2State | None]:
+        """The block on ``[B, T, D]``; padded positions (left or right) never touch the state:
+        their convolution input is zero and their time step too (:func:`.skip_padding`)."""
+        gate, xbc, dt = self._split(self.in_proj(hidden_states))
+        xbc = zero_padding(xbc, padding_mask)
+        dt = skip_padding(dt, padding_mask)
         x, B, C = self._heads(self.conv1d(xbc))
-        kernels = cuda_kernels(x)
-        if kernels is None:
-            y = self._scan(x, dt, B, C).to(x.dtype)
+        kernels = None if with_state else cuda_kernels(x)
+        if kernels is not None:
+            y, last = self._kernel_scan(kernels, x, dt, B, C), None
         else:
-            y = self._kernel_scan(kernels, x, dt, B, C)
-        return self.out_proj(self.norm(y.flatten(-2), gate))
+            y, last = self._scan(x, dt, B, C)
+        output = self.out_proj(self.norm(y.to(x.dtype).flatten(-2), gate))
+        if not with_state:
+            return output, None
+        return output, Mamba2State(self.conv1d.window_after(xbc), last.to(x.dtype))
 
     def _scan(
         self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor
-    ) -> torch.Tensor:
-        """The chunked SSD scan in PyTorch, in at least float32 like the CUDA kernel."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunked SSD scan in PyTorch, in at least float32 like the CUDA kernel, and the
+        state after the last step."""
         x, dt, B, C, bias, A_log, D = at_least_float32(
             x, dt, B, C, self.dt_bias, self.A_log, self.D
         )
-        y = ssd_scan(x, F.softplus(dt + bias), -torch.exp(A_log), B, C, self.chunk_size)
-        return y + x * D.unsqueeze(-1)
+        delta = F.softplus(dt + bias)
+        y, last = ssd_scan(x, delta, -torch.exp(A_log), B, C, self.chunk_size)
+        return y + x * D.unsqueeze(-1), last
 
     def _kernel_scan(
         self, kernels: CudaKernels, x: Tensor, dt: Tensor, B: Tensor, C: Tensor

@@ -1,4 +1,4 @@
-"""Right-padding helpers shared by the mixers, vectorised over the batch (no per-sample loops)."""
+"""Padding helpers shared by the mixers, vectorised over the batch (no per-sample loops)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def zero_padding(hidden_states: torch.Tensor, padding_mask: torch.Tensor | None)
     if padding_mask is None:
         return hidden_states
     return hidden_states * padding_mask.unsqueeze(-1).to(hidden_states.dtype)
+
+
+def skip_padding(time_step: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """``time_step [B, T, ...]`` (before its softplus) as ``-inf`` at padded positions.
+
+    The softplus makes that a zero step: no decay and no input, so a padded position leaves an
+    SSM state as it was and a left-padded sequence ends in the state of the unpadded one.
+    """
+    if padding_mask is None:
+        return time_step
+    padded = ~padding_mask.view(*padding_mask.shape, *(1,) * (time_step.dim() - 2))
+    return time_step.masked_fill(padded, -torch.inf)
 
 
 def reverse_valid_prefix(

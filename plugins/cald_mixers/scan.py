@@ -89,6 +89,27 @@ def _blocks(batch: int, channels: int, size: int, budget: int) -> list[tuple[sli
     ]
 
 
+def _scan_blocks(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    budget: int,
+    last: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y`` of the scan, block by block; the state after the last step goes into ``last``."""
+    y = torch.empty_like(x)
+    batch, time, channels = x.shape
+    for rows, cols in _blocks(batch, channels, time * A.shape[1], budget):
+        decay, inputs = discretise(x[rows, :, cols], delta[rows, :, cols], A[cols], B[rows])
+        states = _solve(decay, inputs)
+        y[rows, :, cols] = read_out(states, C[rows])
+        if last is not None:
+            last[rows, cols] = states[:, -1]
+    return y
+
+
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -102,12 +123,7 @@ class _SelectiveScan(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(x, delta, A, B, C)
         ctx.budget = budget
-        y = torch.empty_like(x)
-        batch, time, channels = x.shape
-        for rows, cols in _blocks(batch, channels, time * A.shape[1], budget):
-            decay, inputs = discretise(x[rows, :, cols], delta[rows, :, cols], A[cols], B[rows])
-            y[rows, :, cols] = read_out(_solve(decay, inputs), C[rows])
-        return y
+        return _scan_blocks(x, delta, A, B, C, budget)
 
     @staticmethod
     @once_differentiable
@@ -154,3 +170,18 @@ def selective_scan(
     differentiable in all five. ``budget`` bounds the elements of one block.
     """
     return _SelectiveScan.apply(x, delta, A, B, C, budget)
+
+
+@torch.no_grad()
+def selective_scan_with_state(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    budget: int = BLOCK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`selective_scan` and the state after the last step ``[b, c, n]``, for prefilling
+    a generation state; not differentiable."""
+    last = x.new_empty(x.shape[0], x.shape[2], A.shape[1])
+    return _scan_blocks(x, delta, A, B, C, budget, last), last

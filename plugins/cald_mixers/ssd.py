@@ -35,11 +35,14 @@ def ssd_scan(
     B: torch.Tensor,
     C: torch.Tensor,
     chunk_size: int,
-) -> torch.Tensor:
-    """``y`` of the SSD recurrence from a zero state (the ``D`` skip is left to the caller).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y`` of the SSD recurrence from a zero state (the ``D`` skip is left to the caller), and
+    the state after the last step (generation's prefill): each chunk's own end state decayed
+    over the chunks after it.
 
-    ``x [b, t, h, p]``, ``dt [b, t, h]`` (positive), ``A [h]`` (negative), ``B, C [b, t, g, n]``
-    with ``g`` groups of ``h / g`` heads each. Returns ``[b, t, h, p]``.
+    ``x [b, t, h, p]``, ``dt [b, t, h]`` (non-negative), ``A [h]`` (negative),
+    ``B, C [b, t, g, n]`` with ``g`` groups of ``h / g`` heads each. Returns ``y [b, t, h, p]``
+    and the state ``[b, h, p, n]``.
     """
     batch, time, heads, head_dim = x.shape
     groups = B.shape[2]
@@ -74,4 +77,7 @@ def ssd_scan(
     carried = from_start * (C @ per_group(entering.transpose(1, 2)).transpose(-1, -2))
 
     y = (within + carried).view(batch, chunks, heads, chunk_size, head_dim).transpose(2, 3)
-    return y.reshape(batch, chunks * chunk_size, heads, head_dim)[:, :time]
+    chunk_log_decay = log_decay.sum(-1)  # [b, c, h]
+    after = chunk_log_decay.flip(1).cumsum(1).flip(1) - chunk_log_decay
+    final = (after.exp()[..., None, None] * own).sum(1)
+    return y.reshape(batch, chunks * chunk_size, heads, head_dim)[:, :time], final

@@ -98,6 +98,8 @@ class TransformersFamily(SourceFamily):
     attention_path: ClassVar[str]
     preprocessor_class: ClassVar[Any] = AutoTokenizer
     has_lm_head: ClassVar[bool] = False
+    #: inputs that only generation passes (beyond :attr:`input_names`), handed to the backbone
+    generation_inputs: ClassVar[tuple[str, ...]] = ()
     #: extra keyword arguments for every backbone call
     forward_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
@@ -239,7 +241,7 @@ class TransformersFamily(SourceFamily):
 
     def model_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The inputs checked against :attr:`input_names`, as keyword arguments."""
-        unknown = sorted(set(inputs) - set(self.input_names))
+        unknown = sorted(set(inputs) - set(self.input_names) - set(self.generation_inputs))
         if unknown:
             raise CaldError(
                 f"{self.name} model got unknown inputs {unknown}; it takes {list(self.input_names)}"
@@ -286,10 +288,15 @@ class TransformersFamily(SourceFamily):
 
 
 class CausalTextFamily(TransformersFamily):
-    """Decoder-only language models: token inputs, a causal LM head, no key/value cache."""
+    """Decoder-only language models: token inputs and a causal LM head.
+
+    Generation also passes ``cache``, a transformers cache, on to the layers that kept their
+    attention; without it no keys and values are kept.
+    """
 
     causal = True
     modality = "text"
     has_lm_head = True
     input_names = ("input_ids", "attention_mask")
+    generation_inputs = ("cache",)
     forward_kwargs = MappingProxyType({"use_cache": False})

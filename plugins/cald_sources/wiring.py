@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cald_framework.contracts import PaddingState, RecurrentMixer
-from cald_framework.errors import CaldError
+from cald_framework.contracts import PaddingState, StateStore, advance
 
 #: an attention implementation name that transformers' mask utilities do not know: with it set,
 #: a converted backbone skips building the (quadratic) attention masks that no module reads
@@ -20,9 +19,10 @@ class MixerSlot(nn.Module):
     module's return tuple (the output first, then ``None`` for attention weights, caches or
     position biases), so the library's layer code runs unchanged around it.
 
-    In step mode (:meth:`start_recurrence`, a :class:`~cald_framework.contracts.RecurrentSlot`)
-    each call takes one position ``[B, 1, D]`` and advances the mixer's recurrent state, so
-    the whole backbone runs token by token for generation without any change to its code.
+    Attached to a :class:`~cald_framework.contracts.StateStore` (a
+    :class:`~cald_framework.contracts.RecurrentSlot`, for generation) each call continues the
+    sequences from the stored mixer state and stores the new one, without any change to the
+    library's code.
     """
 
     def __init__(self, mixer: nn.Module, padding: PaddingState, outputs: int):
@@ -30,38 +30,20 @@ class MixerSlot(nn.Module):
         self.mixer = mixer
         self.padding = padding
         self.outputs = outputs
-        #: the mixer's state while in step mode, else ``None``
-        self.recurrent_state: object | None = None
+        #: where the mixer's state lives while generating, else ``None``
+        self.store: StateStore | None = None
 
     def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> tuple:
-        if self.recurrent_state is None:
-            mixed = self.mixer(hidden_states, self.padding.for_states(hidden_states))
+        mask = self.padding.for_states(hidden_states)
+        if self.store is None:
+            mixed = self.mixer(hidden_states, mask)
         else:
-            mixed = self._step(hidden_states)
+            mixed = advance(self.mixer, hidden_states, mask, self.store)
         return (mixed,) + (None,) * (self.outputs - 1)
 
-    def start_recurrence(
-        self, batch_size: int, device: torch.device, dtype: torch.dtype
-    ) -> None:
-        """Enter step mode with the mixer's initial (empty-history) state."""
-        if not isinstance(self.mixer, RecurrentMixer):
-            raise CaldError(
-                f"mixer {type(self.mixer).__name__} has no recurrent step (init_state/step), "
-                "so it cannot generate token by token"
-            )
-        self.recurrent_state = self.mixer.init_state(batch_size, device, dtype)
-
-    def stop_recurrence(self) -> None:
-        """Back to whole-sequence mode; the state is dropped."""
-        self.recurrent_state = None
-
-    def _step(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if hidden_states.shape[1] != 1:
-            raise CaldError(
-                f"a mixer in step mode takes one position at a time, got {hidden_states.shape[1]}"
-            )
-        mixed, self.recurrent_state = self.mixer.step(hidden_states[:, 0], self.recurrent_state)
-        return mixed.unsqueeze(1)
+    def attach(self, store: StateStore | None) -> None:
+        """Run later calls against ``store`` (``None``: whole-sequence mode again)."""
+        self.store = store
 
 
 def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
