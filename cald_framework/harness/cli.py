@@ -17,7 +17,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..errors import CaldError
-from ..layout import EVAL_FILE, EVAL_REPORT_FILE, SPEC_FILE
+from ..layout import EVAL_FILE, SPEC_FILE
 from .models import Candidate, LogitsModel, candidates
 from .tasks import CLOZE_TASK, TEXT_TASK, write_local_tasks
 
@@ -121,6 +121,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if out is not None:
         record = {"tasks": tasks, "limit": args.limit, "num_fewshot": args.num_fewshot, "results": results}
         write_text_atomic(out, json.dumps(record, indent=2) + "\n")
-        write_text_atomic(out.with_name(EVAL_REPORT_FILE) if out.name == EVAL_FILE else out.with_suffix(".md"), table)
+        write_text_atomic(out.with_suffix(".md"), table)
         print(f"written: {out}")
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..analysis.runs import RunDirectory
+from ..analysis.runs import RunDirectory, find_spec
 from ..errors import CaldError
 from ..layout import SPEC_FILE, STUDENT_DIR
 from ..modeling import CaldModel
@@ -96,10 +96,11 @@ def _tokenizer_near(directory: Path, device: torch.device) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(directory)
-    for parent in directory.parents:
-        if _is_run_directory(parent):
-            return RunDirectory.open(parent, device).context.preprocessor
-    raise CaldError(f"{directory}: no tokenizer in it and no run directory above it")
+    try:
+        spec = find_spec(directory)
+    except CaldError:
+        raise CaldError(f"{directory}: no tokenizer in it and no run directory above it") from None
+    return RunDirectory.open(directory, device, spec).context.preprocessor
 
 
 def candidates(paths: list[Path], device: torch.device) -> list[Candidate]:

@@ -137,25 +137,20 @@ class RunContext:
         """
         spec = self.spec
         with seeded(spec.experiment.seed):
+            settings: dict[str, Any] = dict(
+                max_length=self.max_length,
+                task_metadata=self.data.metadata,
+                source=self.validated.source,
+                config_overrides=spec.teacher.config,
+            )
             if spec.teacher.init == "random":
+                config = read_model_config(self.teacher_model)
                 model = CaldModel.from_source_config(
-                    spec.teacher.source,
-                    read_model_config(self.teacher_model),
-                    self.head,
-                    max_length=self.max_length,
-                    task_metadata=self.data.metadata,
-                    source=self.validated.source,
-                    config_overrides=spec.teacher.config,
+                    spec.teacher.source, config, self.head, **settings
                 ).eval()
             else:
                 model = CaldModel.from_source(
-                    spec.teacher.source,
-                    self.teacher_model,
-                    self.head,
-                    max_length=self.max_length,
-                    task_metadata=self.data.metadata,
-                    source=self.validated.source,
-                    config_overrides=spec.teacher.config,
+                    spec.teacher.source, self.teacher_model, self.head, **settings
                 )
         check_vocabulary(self.preprocessor, model, self.teacher_model)
         check_positions(model, self.max_length, self.teacher_model)
