@@ -17,7 +17,8 @@ import pytest
 import torch
 from cald_testing.launches import (
     build_fair_workspace,
-    kill_when,
+    can_launch_cpu_processes,
+    kill_at_first_checkpoint_and_resume,
     largest_difference,
     run_command,
     run_to_completion,
@@ -26,13 +27,12 @@ from cald_testing.launches import (
 
 from cald_framework.engine.checkpoints import list_checkpoints
 from cald_framework.engine.tensorfiles import read_tensors
-from cald_framework.layout import CHECKPOINTS_DIR, STUDENT_DIR, parse_step
+from cald_framework.layout import CHECKPOINTS_DIR, STUDENT_DIR
 
 pytestmark = [
     pytest.mark.reliability,
     pytest.mark.skipif(
-        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-        reason="torch.distributed with the gloo backend is needed to launch two CPU processes",
+        not can_launch_cpu_processes(), reason="torch.distributed with the gloo backend is needed to launch two CPU processes"
     ),
 ]
 
@@ -78,12 +78,7 @@ def test_two_sharded_processes_follow_one_unsharded_process(workspace: Path) -> 
 def test_a_killed_sharded_run_resumes_bitwise(workspace: Path) -> None:
     """SIGKILL both processes at the first checkpoint, resume, compare with the unkilled run."""
     command = run_command("killed", 2, 4, SHARDED, TWO_EPOCHS)
-    checkpoints = workspace / "killed" / CHECKPOINTS_DIR
-    kill_when(workspace, command, lambda: bool(list_checkpoints(checkpoints)), PATIENCE_SECONDS)
-    survivors = list_checkpoints(checkpoints)
-    assert survivors, "no checkpoint was written before the deadline"
-    assert parse_step(survivors[-1].name) < STEPS, "the run finished its steps before it was killed"
-    run_to_completion(workspace, [*command, "--resume"])
+    kill_at_first_checkpoint_and_resume(workspace, command, workspace / "killed" / CHECKPOINTS_DIR, STEPS, PATIENCE_SECONDS)
     resumed = train_events(workspace / "killed" / "metrics.jsonl")
     uninterrupted = train_events(workspace / "sharded" / "metrics.jsonl")
     assert {e["step"]: e["loss"] for e in resumed} == {e["step"]: e["loss"] for e in uninterrupted}

@@ -41,7 +41,7 @@ from .schedules import build_scheduler
 from .shards import full_weights
 from .state import Checkpointer, Progress, is_better
 from .step import StepResult, StudentStep
-from .zero_step import drop_empty_groups
+from .zero_step import drop_empty_groups, release_engine
 
 
 @dataclass(frozen=True)
@@ -401,6 +401,8 @@ class Trainer:
         if select_best:
             self.checkpoints.load_weights(progress.best_step)
         self.whole_student()
+        if self.zero:
+            release_engine(self.accelerator, self.model)
         return TrainResult(
             steps=progress.step,
             total_steps=self.total_steps,

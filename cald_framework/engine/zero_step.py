@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch.optim import Optimizer
 
 
@@ -40,3 +41,11 @@ def drop_empty_groups(optimizer: Optimizer) -> None:
     """Remove the optimizer's groups without parameters, as DeepSpeed does when it takes the
     optimizer: the LR schedule, built next, must hold one rate per group DeepSpeed keeps."""
     optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+
+
+def release_engine(accelerator: Accelerator, engine: Any) -> None:
+    """Take down ``engine`` once the run's weights are gathered (every process calls it): its
+    hooks and buffers are removed while the processes still run together, rather than left
+    to the end of the interpreter, where ZeRO-3's teardown aborted now and then."""
+    engine.destroy()
+    accelerator.wait_for_everyone()

@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+import torch
+
+from cald_framework.layout import parse_step
 
 from .workspaces import build_review_workspace
 
@@ -88,12 +90,29 @@ def kill_with_workers(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def kill_when(workspace: Path, command: list[str], ready: Callable[[], bool], patience: float) -> None:
-    """Start ``command`` and SIGKILL it with its workers as soon as ``ready()`` (or after
-    ``patience`` seconds, or once it has ended by itself)."""
+def can_launch_cpu_processes() -> bool:
+    """Whether torch can make a process group of CPU processes (the gloo backend)."""
+    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+def _checkpoint_steps(directory: Path) -> list[int]:
+    steps = [parse_step(entry.name) for entry in directory.iterdir()] if directory.is_dir() else []
+    return sorted(step for step in steps if step is not None)
+
+
+def kill_at_first_checkpoint_and_resume(
+    workspace: Path, command: list[str], checkpoints: Path, steps: int, patience: float
+) -> None:
+    """Start ``command``, SIGKILL it with its workers as soon as ``checkpoints`` holds a
+    checkpoint (at most ``patience`` seconds after the start), then run it again with
+    ``--resume``. The kill must leave a checkpoint before the last of ``steps``."""
     process = subprocess.Popen(command, cwd=workspace, env=ENVIRONMENT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + patience
-    while time.monotonic() < deadline and process.poll() is None and not ready():
+    while time.monotonic() < deadline and process.poll() is None and not _checkpoint_steps(checkpoints):
         time.sleep(0.002)
     kill_with_workers(process)
+    survivors = _checkpoint_steps(checkpoints)
+    assert survivors, "no checkpoint was written before the deadline"
+    assert survivors[-1] < steps, "the run finished its steps before it was killed"
+    run_to_completion(workspace, [*command, "--resume"])
