@@ -69,12 +69,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _assert_follows(workspace: Path, run: str, whole: str) -> None:
-    """``run`` (two processes) logs the loss curve and exports the student of ``whole``."""
+    """``run`` logs the loss curve and exports the student of ``whole`` (one process)."""
     zero, alone = train_events(workspace / run / "metrics.jsonl"), train_events(workspace / whole / "metrics.jsonl")
     assert [event["step"] for event in zero] == list(range(1, STEPS + 1))
     assert [event["lr"] for event in zero] == [event["lr"] for event in alone]
     difference = largest_difference(zero, alone)
-    print(f"\n{run} loss curve: max |2 processes x batch 4 - 1 x batch 8| = {difference:.2e}")
+    print(f"\n{run} loss curve: max difference from {whole} = {difference:.2e}")
     assert difference < TOLERANCE
     student, reference = workspace / run / STUDENT_DIR, workspace / whole / STUDENT_DIR
     assert sorted(path.name for path in student.iterdir()) == sorted(path.name for path in reference.iterdir())
@@ -102,6 +102,12 @@ def test_two_zero_2_processes_follow_one_process_with_a_co_trained_teacher(works
     run_to_completion(workspace, run_command("whole-trajectory", 1, 8, TRAJECTORY, *SETTINGS))
     run_to_completion(workspace, run_command("zero-2", 2, 4, TRAJECTORY, *_zero(2)))
     _assert_follows(workspace, "zero-2", "whole-trajectory")
+
+
+def test_one_process_that_no_launcher_started_trains_under_zero_2(workspace: Path) -> None:
+    """How ``scripts/gpu_check.sh`` runs ZeRO-2 on one GPU: the run makes its own process group."""
+    run_to_completion(workspace, run_command("alone", 1, 8, *_zero(2)))
+    _assert_follows(workspace, "alone", "whole")
 
 
 def test_a_killed_zero_3_run_resumes_bitwise(workspace: Path) -> None:

@@ -79,8 +79,10 @@ def zero_plugin(training: TrainingSection, processes: int) -> DeepSpeedPlugin:
 
 
 def _single_process_group() -> None:
-    """DeepSpeed needs a process group; a run that no launcher started gets one of its own."""
+    """DeepSpeed needs a process group, and the launcher's variables that say where this
+    process is in it; a run that no launcher started gets a group of its own."""
     if not torch.distributed.is_initialized():
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
 
