@@ -6,6 +6,7 @@
 #   3. conversion   MiniLM -> Linformer (specs/quickstart.toml), 200 steps in bf16
 #   4. zero-2       the same conversion under DeepSpeed ZeRO-2 on the one GPU, 50 steps in bf16
 #   5. scaling      benchmarks/bench_scaling.py up to 32k tokens
+#   6. offload      a frozen teacher offloaded to host memory (FSDP2, one process) vs the whole one
 # and prints one summary. --dry-run (CI, no GPU): the same stages in their CPU-skippable form
 # (the CUDA tests collected and skipped, the conversion spec validated, the bench's options
 # parsed), so that the script, its spec overrides and its commands stay valid.
@@ -108,6 +109,18 @@ if [ "$MODE" = full ]; then
 else
   stage scaling "$PY" "${SCALING[@]}" --help
   record scaling "$STATUS" "$TOOK" "options parsed (not run: dry run)"
+fi
+
+# 6. a frozen teacher (pythia-160m's shape) offloaded: training.distributed.teacher = "offload"
+OFFLOAD=(benchmarks/bench_teacher_layout.py --layout offload --hidden 768 --layers 12 --out "$OUT/offload")
+if [ "$MODE" = full ]; then
+  stage offload "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 "${OFFLOAD[@]}"
+  DETAIL=$("$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['teachers'][-1]; print(f\"whole {t['whole_bytes']/2**20:.0f} MB, GPU peak {t['peak_device_bytes']/2**20:.0f} MB, max |offloaded - whole| {t['largest_difference']:.1e}\")" \
+    "$OUT/offload/rank-00000.json" 2>/dev/null || echo "no report")
+  record offload "$STATUS" "$TOOK" "$DETAIL"
+else
+  stage offload "$PY" "${OFFLOAD[@]}" --help
+  record offload "$STATUS" "$TOOK" "options parsed (not run: dry run)"
 fi
 
 {

@@ -46,7 +46,9 @@ mode the run then trains with.
   for the teachers it uses; set ``needs_target_teacher`` / ``needs_waypoints`` on the plugin so
   that the run produces them;
 * ``prepare_teacher(model)``: the teacher on the device, in the configured train/eval mode,
-  frozen;
+  frozen; with ``training.distributed.teacher = "shard"`` its parameters are split over the
+  processes, so every process must run it on the same steps (as schedules do: a plan depends
+  on the step, not on the process);
 * ``run_teacher(model, batch)``: a forward that nothing back-propagates into (inference mode,
   the teachers' precision);
 * ``trainable_teacher(model, updates=...)``: a teacher the mode trains alongside the student,

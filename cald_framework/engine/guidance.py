@@ -31,6 +31,7 @@ from ..contracts import (
 from ..errors import CaldError
 from ..spec.sections import TrainingSection
 from .precision import Precision
+from .teacher_layout import check_teacher_layout, place_frozen_teacher
 from .teacher_updates import TrainableTeacher, frozen_forward
 
 _DESCRIPTIONS = {
@@ -70,11 +71,15 @@ class TrainerContext:
             )
         return provided
 
+    def __post_init__(self) -> None:
+        check_teacher_layout(self.training.distributed.teacher, self.accelerator)
+
     def _place(self, model: nn.Module, *, trainable: bool) -> nn.Module:
-        model.to(self.device)
         model.train(self.teachers.train_mode)
         model.requires_grad_(trainable)
-        return model
+        if trainable:  # a teacher the mode trains stays whole (its updater averages gradients)
+            return model.to(self.device)
+        return place_frozen_teacher(model, self.accelerator, self.training.distributed.teacher)
 
     def prepare_teacher(self, model: nn.Module) -> nn.Module:
         return self._place(model, trainable=False)

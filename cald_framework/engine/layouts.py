@@ -172,8 +172,13 @@ def shard_layers_of(accelerator: Accelerator, model: nn.Module) -> None:
     """Give each layer of ``model`` a shard group of its own: the modules held in a
     ``ModuleList`` (a transformer's blocks, whatever the family)."""
     if is_sharded(accelerator):
-        layers = {type(layer).__name__ for module in model.modules() if isinstance(module, nn.ModuleList) for layer in module}
-        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = sorted(layers)
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = sorted(listed_layer_classes(model))
+
+
+def listed_layer_classes(model: nn.Module) -> set[str]:
+    """The class names of the modules ``model`` holds in ``ModuleList``s: its layers, whatever
+    the family, which FSDP2 makes one shard group each."""
+    return {type(layer).__name__ for module in model.modules() if isinstance(module, nn.ModuleList) for layer in module}
 
 
 def is_sharded(accelerator: Accelerator) -> bool:

@@ -84,6 +84,10 @@ class DistributedSection(Section):
     #: keep the sharded state in host memory (FSDP: parameters and optimizer; ZeRO: optimizer,
     #: and parameters at stage 3)
     offload: bool = False
+    #: frozen teachers (target, waypoints): ``replicate`` keeps a whole copy on each process,
+    #: ``shard`` splits their parameters over the processes (FSDP2), ``offload`` also keeps the
+    #: shards in host memory (accelerators); independent of ``strategy``
+    teacher: Literal["replicate", "shard", "offload"] = "replicate"
 
     @model_validator(mode="after")
     def _zero_stage_is_deepspeeds(self) -> DistributedSection:
@@ -91,6 +95,8 @@ class DistributedSection(Section):
             raise ValueError(f"zero_stage is a DeepSpeed setting; strategy is {self.strategy!r}")
         if self.offload and self.strategy == "ddp":
             raise ValueError("offload needs strategy 'fsdp' or 'deepspeed'")
+        if self.teacher != "replicate" and self.strategy == "deepspeed":
+            raise ValueError(f"teacher = {self.teacher!r} shards with FSDP2, not next to DeepSpeed; use strategy 'ddp' or 'fsdp'")
         return self
 
 
