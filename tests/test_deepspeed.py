@@ -20,7 +20,6 @@ import pytest
 import torch
 from cald_testing.launches import (
     build_fair_workspace,
-    can_launch_cpu_processes,
     kill_at_first_checkpoint_and_resume,
     largest_difference,
     run_command,
@@ -31,12 +30,10 @@ from cald_testing.launches import (
 from cald_framework.engine.checkpoints import list_checkpoints
 from cald_framework.engine.tensorfiles import read_tensors
 from cald_framework.layout import CHECKPOINTS_DIR, STUDENT_DIR
+from tests.test_fsdp import pytestmark as fsdp_marks
 
 pytestmark = [
-    pytest.mark.reliability,
-    pytest.mark.skipif(
-        not can_launch_cpu_processes(), reason="torch.distributed with the gloo backend is needed to launch two CPU processes"
-    ),
+    *fsdp_marks,
     pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed"),
 ]
 
