@@ -45,8 +45,8 @@ bench: install
 
 # SIGKILLs a real run again and again (also mid-checkpoint), resumes it, and checks the result
 # is bitwise that of an uninterrupted run (about four minutes on two cores); then the tests
-# marked `reliability`: FSDP on two CPU processes against one, and its kill-and-resume (about
-# four minutes more).
+# marked `reliability`: FSDP and DeepSpeed ZeRO-2/3 on two CPU processes against one, their
+# kill-and-resume, and DeepSpeed's skip of non-finite steps (about seven minutes more).
 reliability: install
 	$(OFFLINE) $(PY) scripts/crash_resume.py --kills 6 --seed 0
 	$(OFFLINE) $(PY) -m pytest -m reliability

@@ -4,8 +4,9 @@
 #   1. environment  the GPU, torch and CUDA versions
 #   2. cuda-tests   pytest -m cuda (mixers on CUDA vs CPU, mamba-ssm kernels vs PyTorch, bf16 steps)
 #   3. conversion   MiniLM -> Linformer (specs/quickstart.toml), 200 steps in bf16
-#   4. scaling      benchmarks/bench_scaling.py up to 32k tokens
-#   5. offload      a frozen teacher offloaded to host memory (FSDP2, one process) vs the whole one
+#   4. zero-2       the same conversion under DeepSpeed ZeRO-2 on the one GPU, 50 steps in bf16
+#   5. scaling      benchmarks/bench_scaling.py up to 32k tokens
+#   6. offload      a frozen teacher offloaded to host memory (FSDP2, one process) vs the whole one
 # and prints one summary. --dry-run (CI, no GPU): the same stages in their CPU-skippable form
 # (the CUDA tests collected and skipped, the conversion spec validated, the bench's options
 # parsed), so that the script, its spec overrides and its commands stay valid.
@@ -48,6 +49,12 @@ stage() {
   TOOK=$((SECONDS - began))
 }
 
+# run_summary NAME: the JSON summary a `run` stage printed, flattened to one line
+run_summary() {
+  "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(', '.join(f'{k} {v}' for k,v in r.items() if k!='results'))" \
+    "$OUT/$1.out" 2>/dev/null || echo "no summary"
+}
+
 # 1. environment
 ENVIRONMENT=$("$PY" - <<'PYTHON' 2>/dev/null
 import torch
@@ -74,15 +81,26 @@ CONVERSION=(specs/quickstart.toml
   --set training.max_steps=200 --set training.precision=bf16)
 if [ "$MODE" = full ]; then
   stage conversion "$PY" -m cald_framework run "${CONVERSION[@]}"
-  DETAIL=$("$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(', '.join(f'{k} {v}' for k,v in r.items() if k!='results'))" \
-    "$OUT/conversion.out" 2>/dev/null || echo "no summary")
-  record conversion "$STATUS" "$TOOK" "200 steps bf16: $DETAIL"
+  record conversion "$STATUS" "$TOOK" "200 steps bf16: $(run_summary conversion)"
 else
   stage conversion "$PY" -m cald_framework validate "${CONVERSION[@]}"
   record conversion "$STATUS" "$TOOK" "spec and overrides validated (not run: dry run)"
 fi
 
-# 4. the scaling bench up to 32k tokens
+# 4. the same conversion under DeepSpeed ZeRO-2 on the one GPU (one process), 50 steps in bf16
+ZERO2=(specs/quickstart.toml
+  --set "experiment.output_dir=$OUT/zero-2" --set "experiment.teacher_cache=$OUT/teacher-cache"
+  --set training.max_steps=50 --set training.precision=bf16
+  --set training.distributed.strategy=deepspeed --set training.distributed.zero_stage=2)
+if [ "$MODE" = full ]; then
+  stage zero-2 "$PY" -m cald_framework run "${ZERO2[@]}"
+  record zero-2 "$STATUS" "$TOOK" "50 steps bf16 under ZeRO-2: $(run_summary zero-2)"
+else
+  stage zero-2 "$PY" -m cald_framework validate "${ZERO2[@]}"
+  record zero-2 "$STATUS" "$TOOK" "spec and overrides validated (not run: dry run)"
+fi
+
+# 5. the scaling bench up to 32k tokens
 SCALING=(benchmarks/bench_scaling.py --scenarios minilm --repeats 1 --overhead-steps 0
   --text-lengths 512,2048,8192,32768 --out "$OUT/scaling")
 if [ "$MODE" = full ]; then
@@ -93,7 +111,7 @@ else
   record scaling "$STATUS" "$TOOK" "options parsed (not run: dry run)"
 fi
 
-# 5. a frozen teacher (pythia-160m's shape) offloaded: training.distributed.teacher = "offload"
+# 6. a frozen teacher (pythia-160m's shape) offloaded: training.distributed.teacher = "offload"
 OFFLOAD=(benchmarks/bench_teacher_layout.py --layout offload --hidden 768 --layers 12 --out "$OUT/offload")
 if [ "$MODE" = full ]; then
   stage offload "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 "${OFFLOAD[@]}"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from cald_framework.engine.layouts import make_accelerator
-from cald_framework.engine.zero_config import check_deepspeed_config, deepspeed_config
+from cald_framework.engine.zero_config import (
+    check_deepspeed_config,
+    deepspeed_config,
+    select_deepspeed_accelerator,
+    with_batch_size,
+)
 from cald_framework.errors import CaldError
 from cald_framework.spec.sections import TrainingSection
 
@@ -79,13 +86,37 @@ def test_fp16_and_other_strategies_are_refused_in_one_line() -> None:
         deepspeed_config(TrainingSection())
 
 
-def test_training_under_deepspeed_is_refused_after_the_configuration_is_checked(tmp_path: Path) -> None:
-    with pytest.raises(CaldError) as refused:
-        make_accelerator(_training(zero_stage=3), tmp_path)
-    assert str(refused.value) == (
-        "training.distributed.strategy = 'deepspeed': the configuration is built and checked, but the "
-        "trainer does not train under DeepSpeed yet; use 'fsdp' (see docs/distributed.md)"
-    )
+def test_stage_3_gathers_the_whole_weights_for_export() -> None:
+    zero = deepspeed_config(_training(zero_stage=3))["zero_optimization"]
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert "stage3_gather_16bit_weights_on_model_save" not in deepspeed_config(_training())["zero_optimization"]
+
+
+@pytest.mark.parametrize(("processes", "batch"), [(1, 8), (2, 16), (8, 64)])
+def test_the_global_batch_is_micro_batch_times_accumulation_times_processes(processes: int, batch: int) -> None:
+    config = with_batch_size(deepspeed_config(_training()), processes)
+    assert config["train_batch_size"] == batch
+    if processes == 1:  # DeepSpeed checks the arithmetic against the process group it runs in
+        assert DeepSpeedConfig(config).train_batch_size == batch
+
+
+def test_clipping_is_deepspeeds_and_off_without_max_grad_norm() -> None:
+    unclipped = TrainingSection.model_validate({"max_grad_norm": None, "distributed": {"strategy": "deepspeed"}})
+    assert deepspeed_config(unclipped)["gradient_clipping"] == 0.0
+    assert DeepSpeedConfig(deepspeed_config(_training())).gradient_clipping == 0.5
+
+
+def test_deepspeed_is_told_to_use_the_cpu_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    select_deepspeed_accelerator()
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")  # a choice made outside is kept
+    select_deepspeed_accelerator()
+    assert os.environ["DS_ACCELERATOR"] == "cuda"
+
+
+def test_a_configuration_deepspeed_refuses_is_named_before_any_accelerator(tmp_path: Path) -> None:
     fp16 = TrainingSection.model_validate({"precision": "fp16", "distributed": {"strategy": "deepspeed"}})
     with pytest.raises(CaldError, match="fp16"):
         make_accelerator(fp16, tmp_path)

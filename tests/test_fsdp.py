@@ -11,32 +11,28 @@ These runs take minutes on two shared cores: they are marked ``reliability`` and
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from cald_testing.launches import (
-    ENVIRONMENT,
     build_fair_workspace,
+    can_launch_cpu_processes,
+    kill_at_first_checkpoint_and_resume,
     largest_difference,
     run_command,
+    run_to_completion,
     train_events,
 )
 
 from cald_framework.engine.checkpoints import list_checkpoints
 from cald_framework.engine.tensorfiles import read_tensors
-from cald_framework.layout import CHECKPOINTS_DIR, STUDENT_DIR, parse_step
+from cald_framework.layout import CHECKPOINTS_DIR, STUDENT_DIR
 
 pytestmark = [
     pytest.mark.reliability,
     pytest.mark.skipif(
-        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-        reason="torch.distributed with the gloo backend is needed to launch two CPU processes",
+        not can_launch_cpu_processes(), reason="torch.distributed with the gloo backend is needed to launch two CPU processes"
     ),
 ]
 
@@ -50,31 +46,16 @@ WEIGHTS = Path(STUDENT_DIR) / "model.safetensors"
 PATIENCE_SECONDS = 240.0
 
 
-def _kill_with_workers(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL torchrun and its workers at once, as a crash of the machine would (the workers
-    run in sessions of their own, so killing torchrun's process group would leave them on)."""
-    launcher = psutil.Process(process.pid)
-    for doomed in [*launcher.children(recursive=True), launcher]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            doomed.send_signal(signal.SIGKILL)
-    process.wait()
-
-
-def _run(workspace: Path, command: list[str]) -> None:
-    done = subprocess.run(command, cwd=workspace, env=ENVIRONMENT, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-6000:]
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fair workspace with an uninterrupted sharded run in ``sharded/``."""
     root = build_fair_workspace(tmp_path_factory.mktemp("fsdp"), save_every=1)
-    _run(root, run_command("sharded", 2, 4, SHARDED, TWO_EPOCHS))
+    run_to_completion(root, run_command("sharded", 2, 4, SHARDED, TWO_EPOCHS))
     return root
 
 
 def test_two_sharded_processes_follow_one_unsharded_process(workspace: Path) -> None:
-    _run(workspace, run_command("whole", 1, 8, TWO_EPOCHS))
+    run_to_completion(workspace, run_command("whole", 1, 8, TWO_EPOCHS))
     sharded = train_events(workspace / "sharded" / "metrics.jsonl")
     whole = train_events(workspace / "whole" / "metrics.jsonl")
     assert [event["step"] for event in sharded] == list(range(1, STEPS + 1))
@@ -97,17 +78,7 @@ def test_two_sharded_processes_follow_one_unsharded_process(workspace: Path) -> 
 def test_a_killed_sharded_run_resumes_bitwise(workspace: Path) -> None:
     """SIGKILL both processes at the first checkpoint, resume, compare with the unkilled run."""
     command = run_command("killed", 2, 4, SHARDED, TWO_EPOCHS)
-    process = subprocess.Popen(command, cwd=workspace, env=ENVIRONMENT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    checkpoints = workspace / "killed" / CHECKPOINTS_DIR
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while time.monotonic() < deadline and process.poll() is None and not list_checkpoints(checkpoints):
-        time.sleep(0.002)
-    _kill_with_workers(process)
-    survivors = list_checkpoints(checkpoints)
-    assert survivors, "no checkpoint was written before the deadline"
-    assert parse_step(survivors[-1].name) < STEPS, "the run finished its steps before it was killed"
-    _run(workspace, [*command, "--resume"])
+    kill_at_first_checkpoint_and_resume(workspace, command, workspace / "killed" / CHECKPOINTS_DIR, STEPS, PATIENCE_SECONDS)
     resumed = train_events(workspace / "killed" / "metrics.jsonl")
     uninterrupted = train_events(workspace / "sharded" / "metrics.jsonl")
     assert {e["step"]: e["loss"] for e in resumed} == {e["step"]: e["loss"] for e in uninterrupted}

@@ -14,9 +14,9 @@ def test_a_switch_to_fsdp_survives_the_states_accelerate_builds_later() -> None:
     accelerator = Accelerator(cpu=True)
     original = accelerator.distributed_type
     try:
-        _set_layout(accelerator, DistributedType.FSDP, None)
+        _set_layout(accelerator.state, DistributedType.FSDP, None)
         assert AcceleratorState().distributed_type == DistributedType.FSDP
         assert accelerator.distributed_type == DistributedType.FSDP
     finally:
-        _set_layout(accelerator, original, None)
+        _set_layout(accelerator.state, original, None)
     assert AcceleratorState().distributed_type == original

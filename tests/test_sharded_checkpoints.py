@@ -6,7 +6,10 @@ the writing protocol runs as under ``torchrun`` without starting any.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +50,14 @@ def _pieces(rank: int) -> dict[str, Any]:
     return {"model": {"weight": torch.full((3,), float(rank))}, "optimizer": {"step": torch.tensor(rank + 7)}}
 
 
-def _save_from_every_rank(root: Path) -> None:
+def _save_from_every_rank(root: Path, foreign: Callable[[int], Callable[[Path], None]] | None = None) -> None:
+    """Every rank saves its pieces, and what ``foreign(rank)`` writes into the scratch directory."""
     meeting = _Meeting()
     threads = [
         threading.Thread(
             target=save_sharded_checkpoint,
             args=(root, 4, {"guidance": {"seen": torch.ones(2)}}, {"note": "kept"}, _pieces(rank), meeting.group(rank)),
+            kwargs={"foreign": foreign(rank) if foreign else None},
         )
         for rank in range(WORLD)
     ]
@@ -92,3 +97,24 @@ def test_a_process_that_cannot_write_leaves_the_earlier_checkpoints(tmp_path: Pa
     )
     assert list_checkpoints(tmp_path) == [earlier]
     assert [entry.name for entry in tmp_path.iterdir()] == [earlier.name]
+
+
+def _library_files(rank: int) -> Callable[[Path], None]:
+    """What a library with a format of its own (DeepSpeed) writes on process ``rank``."""
+
+    def write(staging: Path) -> None:
+        (staging / "engine").mkdir(exist_ok=True)
+        (staging / "engine" / f"rank-{rank}.pt").write_bytes(bytes([rank]) * 64)
+
+    return write
+
+
+def test_files_a_library_writes_are_recorded_and_verified(tmp_path: Path) -> None:
+    _save_from_every_rank(tmp_path, _library_files)
+    path = tmp_path / "step-00000004"
+    assert open_checkpoint(path).shard_count == WORLD
+    files = json.loads((path / "state.json").read_text())["files"]
+    assert files["engine/rank-1.pt"] == {"bytes": 64, "sha256": hashlib.sha256(bytes([1]) * 64).hexdigest()}
+    (path / "engine" / "rank-1.pt").write_bytes(bytes([2]) * 64)
+    with pytest.raises(CheckpointError, match=r"step-00000004 is unusable: rank-1.pt does not match its checksum"):
+        open_checkpoint(path)

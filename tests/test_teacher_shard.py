@@ -18,9 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from cald_testing.launches import ENVIRONMENT, build_fair_workspace, largest_difference, run_command, train_events
+from cald_testing.launches import (
+    ENVIRONMENT,
+    build_fair_workspace,
+    largest_difference,
+    run_command,
+    run_to_completion,
+    train_events,
+)
 
-from tests.test_fsdp import _run
 from tests.test_fsdp import pytestmark as fsdp_marks
 
 pytestmark = fsdp_marks
@@ -45,7 +51,7 @@ def test_a_sharded_teacher_gives_the_replicated_teachers_loss_curve(workspace: P
             f"training.distributed.teacher={layout}",
             "experiment.teacher_cache=cache",
         )
-        _run(workspace, run_command(f"{mode}-{layout}", 2, 4, *settings))
+        run_to_completion(workspace, run_command(f"{mode}-{layout}", 2, 4, *settings))
         curves[layout] = train_events(workspace / f"{mode}-{layout}" / "metrics.jsonl")
     # the teacher was used: a layer loss on every step after the first (under target guidance
     # the student starts out computing what the target computes, so the first one is zero)

@@ -13,7 +13,9 @@ recognised before anything is loaded from it.
 A sharded run (FSDP) adds *shards*: every process writes its own piece of a part as
 ``<part>.rank-NNNNN.safetensors`` into the same temporary directory, the main process collects
 their skeletons and checksums into ``state.json`` and renames the directory once all are
-durable, so a sharded checkpoint is as atomic and verified as a whole one.
+durable, so a sharded checkpoint is as atomic and verified as a whole one. A library that
+writes its own format (DeepSpeed) writes into the same temporary directory on every process;
+the main process then fsyncs every file it finds there and records it the same way.
 """
 
 from __future__ import annotations
@@ -136,6 +138,21 @@ def _write_parts(staging: Path, parts: Mapping[str, Any], name_of: Callable[[str
     return skeletons, files
 
 
+def _record_foreign(staging: Path, recorded: Collection[str]) -> dict[str, Any]:
+    """Make durable and record every file under ``staging`` not in ``recorded`` (by path
+    relative to ``staging``): the files a library wrote in its own format."""
+    files: dict[str, Any] = {}
+    for file in sorted(staging.rglob("*")):
+        name = file.relative_to(staging).as_posix()
+        if file.is_dir():
+            fsync_dir(file)
+        elif name not in recorded:
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+            files[name] = {"bytes": file.stat().st_size, "sha256": sha256_of(file)}
+    return files
+
+
 def _write(
     staging: Path,
     final: Path,
@@ -170,8 +187,11 @@ def save_sharded_checkpoint(
     meta: Mapping[str, Any],
     pieces: Mapping[str, Any],
     group: ShardGroup,
+    *,
+    foreign: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Like :func:`save_checkpoint`, with this process's ``pieces`` of the sharded parts.
+    """Like :func:`save_checkpoint`, with this process's ``pieces`` of the sharded parts, and
+    the files ``foreign`` writes into the temporary directory (every process calls it).
 
     Every process of ``group`` calls it; ``parts`` and ``meta`` count on the main process only.
     A write that fails on any process raises :class:`CheckpointError` on the main process and
@@ -191,6 +211,8 @@ def save_sharded_checkpoint(
     if shared is not None:
         try:
             written = _write_parts(Path(shared), pieces, lambda name: _shard_file(name, group.rank))
+            if foreign is not None:
+                foreign(Path(shared))
         except OSError as error:
             written = str(error)
     results = group.collect(written)
@@ -204,6 +226,7 @@ def save_sharded_checkpoint(
             raise OSError(problems[0] or "a process could not write its shard")
         shards = {name: [result[0][name] for result in results] for name in pieces}
         shard_files = {file: record for result in results for file, record in result[1].items()}
+        shard_files.update(_record_foreign(staging, shard_files))
         _write(staging, final, step, parts, meta, shards, shard_files)
     except OSError as error:
         raise _abandoned(final, staging, error) from error
@@ -241,6 +264,8 @@ def _check_file(path: Path, expected: Mapping[str, Any]) -> None:
         raise CheckpointError(f"{path.name} is truncated ({size} of {expected['bytes']} bytes)")
     if sha256_of(path) != expected["sha256"]:
         raise CheckpointError(f"{path.name} does not match its checksum")
+    if path.suffix != ".safetensors":
+        return  # a library's own format: the checksum is all there is to check
     try:
         with safe_open(str(path), framework="pt") as handle:
             handle.keys()

@@ -4,13 +4,15 @@ A checkpoint holds the student's weights, the optimizer, the guidance schedule's
 separate part, never inside the student's file), the LR schedule, the loss scaler, every
 process's random streams and the :class:`Progress`, so a resumed run continues bitwise.
 Under FSDP the weights and the optimizer state are saved as each process's pieces (see
-:mod:`.shards`), and a run resumes them with the same number of processes.
+:mod:`.shards`); under DeepSpeed as DeepSpeed's own files (see :mod:`.zero_state`). Either
+resumes with the same number of processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,11 @@ from .checkpoints import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from .layouts import is_sharded
+from .layouts import is_sharded, is_zero
 from .precision import Precision
 from .rng import capture_rng, restore_rng
 from .shards import load_local_state, local_state
+from .zero_state import load_engine, save_engine
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Checkpointer:
         self.precision, self.schedule, self.total_steps = precision, schedule, total_steps
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.sharded = is_sharded(accelerator)
+        self.zero = is_zero(accelerator)
 
     def path(self, step: int) -> Path:
         """Where the checkpoint of ``step`` is (or would be) saved."""
@@ -96,7 +100,7 @@ class Checkpointer:
         rng_states = gather_object([capture_rng()]) if self.world > 1 else [capture_rng()]
         guidance_state = self.schedule.state_dict()
         parts: dict[str, Any] = {"guidance": guidance_state} if guidance_state else {}
-        if not self.sharded and self.accelerator.is_main_process:
+        if not (self.sharded or self.zero) and self.accelerator.is_main_process:
             parts["model"] = self.accelerator.unwrap_model(self.model).state_dict()
             parts["optimizer"] = self.optimizer.state_dict()
         meta = {
@@ -110,6 +114,9 @@ class Checkpointer:
         if self.sharded:
             pieces = local_state(self.model, _torch_optimizer(self.optimizer))
             save_sharded_checkpoint(self.directory, progress.step, parts, meta, pieces, self._group())
+        elif self.zero:
+            save = partial(save_engine, self.model)
+            save_sharded_checkpoint(self.directory, progress.step, parts, meta, {}, self._group(), foreign=save)
         elif self.accelerator.is_main_process:
             save_checkpoint(self.directory, progress.step, parts, meta)
         if self.accelerator.is_main_process:
@@ -128,6 +135,9 @@ class Checkpointer:
     def _load_student(self, checkpoint: Checkpoint, *, with_optimizer: bool) -> None:
         """The student's weights (and optimizer state) of ``checkpoint``, whole or in pieces."""
         device = self.accelerator.device
+        if self.zero:
+            self._load_engine(checkpoint)
+            return
         if not self.sharded:
             self.accelerator.unwrap_model(self.model).load_state_dict(checkpoint.part("model", device))
             if with_optimizer:
@@ -141,6 +151,16 @@ class Checkpointer:
         names = ("model", "optimizer") if with_optimizer else ("model",)
         state = {name: checkpoint.shard(name, self.rank, device) for name in names}
         load_local_state(self.model, _torch_optimizer(self.optimizer), state)
+
+    def _load_engine(self, checkpoint: Checkpoint) -> None:
+        """DeepSpeed's state of ``checkpoint``, made by as many processes as this run has."""
+        saved = checkpoint.meta["world_size"]
+        if saved != self.world:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} holds DeepSpeed's state of {saved} processes; this "
+                f"run has {self.world}: resume with as many"
+            )
+        load_engine(self.model, checkpoint.path)
 
     def restore(self, warn: Callable[[str], None]) -> Progress | None:
         """Load the newest usable checkpoint and return its progress; ``None`` when there is none."""

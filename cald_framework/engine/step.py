@@ -6,6 +6,7 @@ micro-batches is back-propagated through the accelerator; under DDP gradients ar
 across processes only on the last micro-batch (FSDP reduces each micro-batch's shards). The
 accelerator clips the update (it knows sharded gradients); the update is skipped on every
 process when the loss or the gradient norm is not finite on any of them (fp16 overflow is left to the loss scaler).
+A DeepSpeed engine back-propagates, clips and steps itself, under the same rules (:mod:`.zero_step`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from ..contracts import (
 )
 from ..errors import CaldError
 from .batching import batch_rows, to_device
+from .layouts import is_zero
 from .losses import LossConfig, combine, kd_loss, ld_per_layer, reduce_layers
 from .precision import Precision
+from .zero_step import zero_backward, zero_update
 
 
 #: the name under which a step's losses, and ``metrics.jsonl``, give the layer loss of each layer
@@ -120,6 +123,7 @@ class StudentStep:
         self.max_grad_norm = max_grad_norm
         self.device = accelerator.device
         self.world = accelerator.num_processes
+        self.zero = is_zero(accelerator)
 
     def teacher_targets(self, plan: StepPlan, batch: Mapping[str, Any]) -> dict[str, Any]:
         """KD logits and LD states of the teacher, computed once and detached from it."""
@@ -183,7 +187,7 @@ class StudentStep:
                     output = self.model(**batch["inputs"])
                     terms, layers = self.terms(output, batch, targets, plan.weights)
                     loss = combine(terms, plan.weights)
-                self.accelerator.backward(self.precision.scale(loss / count))
+                self._backward(loss / count, last)
             finite &= torch.isfinite(loss.detach())
             logged = {"loss": loss, **terms}
             if layers is not None:
@@ -191,6 +195,12 @@ class StudentStep:
             for name, value in logged.items():
                 means[name] = means.get(name, 0) + value.detach().float() / count
         return means, finite, rows
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        if self.zero:
+            zero_backward(self.model, loss, last=last)
+        else:
+            self.accelerator.backward(self.precision.scale(loss))
 
     def _everywhere(self, flag: torch.Tensor) -> bool:
         """``True`` when ``flag`` holds on every process."""
@@ -200,6 +210,8 @@ class StudentStep:
 
     def update(self, finite: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
         """Clip and step, unless some process saw a non-finite loss or gradient norm."""
+        if self.zero:
+            return zero_update(self.model, self.max_grad_norm)
         return apply_update(
             self.precision,
             self.optimizer,

@@ -31,7 +31,7 @@ from .batching import epoch_batches, make_loader, total_steps, updates_in
 from .checkpoints import remove_temporaries
 from .evaluation import evaluate_model
 from .guidance import GuidanceSetup, TrainerContext
-from .layouts import is_sharded, make_accelerator, shard_layers_of
+from .layouts import is_sharded, is_zero, make_accelerator, shard_layers_of
 from .logbook import Logbook
 from .losses import LossConfig
 from .optim import build_optimizer
@@ -41,6 +41,7 @@ from .schedules import build_scheduler
 from .shards import full_weights
 from .state import Checkpointer, Progress, is_better
 from .step import StepResult, StudentStep
+from .zero_step import drop_empty_groups, release_engine
 
 
 @dataclass(frozen=True)
@@ -142,14 +143,16 @@ class Trainer:
         self.student = student
         if training.gradient_checkpointing:
             enable_gradient_checkpointing(student)
-        self.sharded = is_sharded(self.accelerator)
-        # sharding replaces the parameters of the module it is given: under FSDP a copy is
-        # sharded and the caller's student stays whole, in host memory, for evaluation and export
-        trained = copy.deepcopy(student) if self.sharded else student
-        if self.sharded:
+        self.sharded, self.zero = is_sharded(self.accelerator), is_zero(self.accelerator)
+        # sharding replaces the parameters of the module it is given: under FSDP and DeepSpeed a
+        # copy is sharded and the caller's student stays whole, in host memory, for evaluation and export
+        trained = copy.deepcopy(student) if self.sharded or self.zero else student
+        if self.sharded or self.zero:
             student.to("cpu")
         shard_layers_of(self.accelerator, trained)
         optimizer = build_optimizer(trained, training, param_groups=True)
+        if self.zero:
+            drop_empty_groups(optimizer)
         scheduler = build_scheduler(optimizer, training, self.total_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(trained, optimizer, scheduler)
         self.schedule = self._build_schedule(guidance)
@@ -235,12 +238,13 @@ class Trainer:
     def whole_student(self) -> nn.Module:
         """The student with the trained weights, whole, on the main process.
 
-        Every process must call it: under FSDP it gathers the shards into the caller's student
-        (on the main process's device); otherwise that student is the trained module itself.
+        Every process must call it: under FSDP and DeepSpeed it gathers the shards into the
+        caller's student (on the main process's device); otherwise that student is the trained
+        module itself.
         """
-        if not self.sharded:
+        if not (self.sharded or self.zero):
             return self.accelerator.unwrap_model(self.model)
-        weights = full_weights(self.model)
+        weights = self.accelerator.get_state_dict(self.model) if self.zero else full_weights(self.model)
         if self.accelerator.is_main_process:
             self.student.load_state_dict(weights)
             self.student.to(self.device)
@@ -397,6 +401,8 @@ class Trainer:
         if select_best:
             self.checkpoints.load_weights(progress.best_step)
         self.whole_student()
+        if self.zero:
+            release_engine(self.accelerator, self.model)
         return TrainResult(
             steps=progress.step,
             total_steps=self.total_steps,

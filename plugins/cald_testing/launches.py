@@ -9,11 +9,20 @@ review has six words (no padding) and dropout is off, so what remains is float32
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
+import torch
+
+from cald_framework.layout import parse_step
 
 from .workspaces import build_review_workspace
 
@@ -63,3 +72,47 @@ def largest_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> floa
     """The largest difference of any logged loss term between two runs of the same steps."""
     assert [event["step"] for event in a] == [event["step"] for event in b]
     return max(abs(x[term] - y[term]) for x, y in zip(a, b) for term in TERMS if term in x)
+
+
+def run_to_completion(workspace: Path, command: list[str]) -> None:
+    """Run ``command`` in ``workspace``; fail with the end of its errors when it fails."""
+    done = subprocess.run(command, cwd=workspace, env=ENVIRONMENT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-6000:]
+
+
+def kill_with_workers(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL torchrun and its workers at once, as a crash of the machine would (the workers
+    run in sessions of their own, so killing torchrun's process group would leave them on)."""
+    launcher = psutil.Process(process.pid)
+    for doomed in [*launcher.children(recursive=True), launcher]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            doomed.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def can_launch_cpu_processes() -> bool:
+    """Whether torch can make a process group of CPU processes (the gloo backend)."""
+    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+def _checkpoint_steps(directory: Path) -> list[int]:
+    steps = [parse_step(entry.name) for entry in directory.iterdir()] if directory.is_dir() else []
+    return sorted(step for step in steps if step is not None)
+
+
+def kill_at_first_checkpoint_and_resume(
+    workspace: Path, command: list[str], checkpoints: Path, steps: int, patience: float
+) -> None:
+    """Start ``command``, SIGKILL it with its workers as soon as ``checkpoints`` holds a
+    checkpoint (at most ``patience`` seconds after the start), then run it again with
+    ``--resume``. The kill must leave a checkpoint before the last of ``steps``."""
+    process = subprocess.Popen(command, cwd=workspace, env=ENVIRONMENT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline and process.poll() is None and not _checkpoint_steps(checkpoints):
+        time.sleep(0.002)
+    kill_with_workers(process)
+    survivors = _checkpoint_steps(checkpoints)
+    assert survivors, "no checkpoint was written before the deadline"
+    assert survivors[-1] < steps, "the run finished its steps before it was killed"
+    run_to_completion(workspace, [*command, "--resume"])
