@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from cald_testing.launches import (
+    assert_resumed_bitwise,
     build_fair_workspace,
     kill_at_first_checkpoint_and_resume,
     largest_difference,
@@ -111,8 +112,4 @@ def test_a_killed_zero_3_run_resumes_bitwise(workspace: Path) -> None:
     """SIGKILL both processes at the first checkpoint, resume, compare with the unkilled run."""
     command = run_command("killed", 2, 4, *_zero(3))
     kill_at_first_checkpoint_and_resume(workspace, command, workspace / "killed" / CHECKPOINTS_DIR, STEPS, PATIENCE_SECONDS)
-    resumed = train_events(workspace / "killed" / "metrics.jsonl")
-    uninterrupted = train_events(workspace / "zero-3" / "metrics.jsonl")
-    assert {e["step"]: e["loss"] for e in resumed} == {e["step"]: e["loss"] for e in uninterrupted}
-    a, b = read_tensors(workspace / "killed" / WEIGHTS), read_tensors(workspace / "zero-3" / WEIGHTS)
-    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert_resumed_bitwise(workspace, "killed", "zero-3")

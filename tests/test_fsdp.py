@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from cald_testing.launches import (
+    assert_resumed_bitwise,
     build_fair_workspace,
     can_launch_cpu_processes,
     kill_at_first_checkpoint_and_resume,
@@ -79,8 +80,4 @@ def test_a_killed_sharded_run_resumes_bitwise(workspace: Path) -> None:
     """SIGKILL both processes at the first checkpoint, resume, compare with the unkilled run."""
     command = run_command("killed", 2, 4, SHARDED, TWO_EPOCHS)
     kill_at_first_checkpoint_and_resume(workspace, command, workspace / "killed" / CHECKPOINTS_DIR, STEPS, PATIENCE_SECONDS)
-    resumed = train_events(workspace / "killed" / "metrics.jsonl")
-    uninterrupted = train_events(workspace / "sharded" / "metrics.jsonl")
-    assert {e["step"]: e["loss"] for e in resumed} == {e["step"]: e["loss"] for e in uninterrupted}
-    a, b = read_tensors(workspace / "killed" / WEIGHTS), read_tensors(workspace / "sharded" / WEIGHTS)
-    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert_resumed_bitwise(workspace, "killed", "sharded")

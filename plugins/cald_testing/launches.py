@@ -22,7 +22,8 @@ from typing import Any
 import psutil
 import torch
 
-from cald_framework.layout import parse_step
+from cald_framework.engine.tensorfiles import read_tensors
+from cald_framework.layout import STUDENT_DIR, parse_step
 
 from .workspaces import build_review_workspace
 
@@ -116,3 +117,14 @@ def kill_at_first_checkpoint_and_resume(
     assert survivors, "no checkpoint was written before the deadline"
     assert survivors[-1] < steps, "the run finished its steps before it was killed"
     run_to_completion(workspace, [*command, "--resume"])
+
+
+def assert_resumed_bitwise(workspace: Path, resumed: str, uninterrupted: str) -> None:
+    """The run in ``resumed`` (killed, then resumed) logged the losses of the run in
+    ``uninterrupted`` step for step and exported bitwise the same student weights."""
+    events = train_events(workspace / resumed / "metrics.jsonl")
+    reference = train_events(workspace / uninterrupted / "metrics.jsonl")
+    assert {e["step"]: e["loss"] for e in events} == {e["step"]: e["loss"] for e in reference}
+    weights = Path(STUDENT_DIR) / "model.safetensors"
+    a, b = read_tensors(workspace / resumed / weights), read_tensors(workspace / uninterrupted / weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
