@@ -17,7 +17,6 @@ builds an optimizer; the teacher is frozen before it is sharded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -27,10 +26,8 @@ from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..errors import CaldError
+from ..spec.sections import TeacherLayout
 from .layouts import listed_layer_classes
-
-TeacherLayout = Literal["replicate", "shard", "offload"]
-
 
 @dataclass(frozen=True)
 class TeacherSharding:

@@ -73,6 +73,10 @@ class ParamGroupSection(Section):
         return self
 
 
+#: where frozen teachers' parameters live (see ``engine/teacher_layout.py``)
+TeacherLayout = Literal["replicate", "shard", "offload"]
+
+
 class DistributedSection(Section):
     """How the trained model is spread over the processes (see docs/distributed.md)."""
 
@@ -87,7 +91,7 @@ class DistributedSection(Section):
     #: frozen teachers (target, waypoints): ``replicate`` keeps a whole copy on each process,
     #: ``shard`` splits their parameters over the processes (FSDP2), ``offload`` also keeps the
     #: shards in host memory (accelerators); independent of ``strategy``
-    teacher: Literal["replicate", "shard", "offload"] = "replicate"
+    teacher: TeacherLayout = "replicate"
 
     @model_validator(mode="after")
     def _zero_stage_is_deepspeeds(self) -> DistributedSection:
