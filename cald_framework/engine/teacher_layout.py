@@ -29,6 +29,7 @@ from ..errors import CaldError
 from ..spec.sections import TeacherLayout
 from .layouts import listed_layer_classes
 
+
 @dataclass(frozen=True)
 class TeacherSharding:
     """How ``fully_shard`` spreads a frozen teacher: over ``processes`` processes computing on
